@@ -38,14 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigurationError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        print(exc.one_line(), file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.log_level != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return asyncio.run(handler(args, settings))
     except ValidationFailed as exc:

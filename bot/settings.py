@@ -278,7 +278,7 @@ def cross_checks(settings: Settings) -> list[ConfigProblem]:
             valid = phonenumbers.is_possible_number(number)
         except phonenumbers.NumberParseException:
             valid = False
-        need(not valid, "TWILIO_FROM_NUMBER", "must be a phone number in E.164 form, e.g. +15551234567")
+        need(not valid, "TWILIO_FROM_NUMBER", "must be an E.164 phone number, e.g. +15551234567")
     need(bool(s.twilio_account_sid) and not str(s.twilio_account_sid).startswith("AC"),
          "TWILIO_ACCOUNT_SID", "must start with AC; copy it from the Twilio console")
     need(bool(s.slack_app_token) and not s.slack_bot_token, "SLACK_BOT_TOKEN",
@@ -302,6 +302,14 @@ class ConfigurationError(Exception):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
+
+    def one_line(self) -> str:
+        """The first problem, and the names of any others, on one line."""
+        first, rest = self.problems[0], self.problems[1:]
+        if not rest:
+            return str(first)
+        others = ", ".join(p.variable.split("=")[0] for p in rest)
+        return f"{first} (also to fix: {others})"
 
 
 def load_settings(**overrides: Any) -> Settings:

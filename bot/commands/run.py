@@ -1,9 +1,82 @@
-"""`campaign-bot run` (being written)."""
+"""`campaign-bot run`: the bot (Slack + HTTP endpoints + scheduler + sender); migrates first."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import signal
 from typing import Any
+
+from bot import db as database
+from bot import server
+from bot.context import AppContext
+from bot.settings import Settings
+
+log = logging.getLogger("campaign_bot")
+
+SLACK_OFF = (
+    "Slack is off: no Slack credentials are set. To turn it on, create the app from manifest.yml "
+    "(README: 'Creating the Slack app') and set SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket "
+    "Mode) or SLACK_SIGNING_SECRET (HTTP mode). Everything else runs."
+)
 
 
 def register(commands: Any) -> None:
-    """Add this command group's parser(s) to `commands`."""
+    parser = commands.add_parser("run", help="run the bot (Slack, HTTP endpoints, scheduler)")
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def describe_startup(settings: Settings) -> list[str]:
+    """The start-up lines: mode, port, database, which senders are real."""
+    if not settings.slack_enabled:
+        slack = SLACK_OFF
+    elif settings.socket_mode:
+        slack = f"Slack: Socket Mode (API {settings.slack_api_url})"
+    else:
+        slack = f"Slack: HTTP mode at POST /slack/events (API {settings.slack_api_url})"
+    if settings.effective_email_backend == "smtp":
+        email = (
+            f"email: SMTP {settings.smtp_host}:{settings.smtp_port} "
+            f"({settings.smtp_security}) from {settings.email_from}"
+        )
+    else:
+        email = f"email: writing .eml files to {settings.outbox_dir.resolve()} (no SMTP)"
+    if settings.effective_sms_backend == "twilio":
+        sender = settings.twilio_from_number or settings.twilio_messaging_service_sid
+        sms = f"SMS: Twilio ({settings.twilio_api_url}) from {sender}"
+    else:
+        sms = f"SMS: writing to {(settings.outbox_dir / 'sms.jsonl').resolve()} (no Twilio)"
+    return [
+        slack,
+        f"HTTP: listening on port {settings.port} (/healthz)",
+        f"database: {database.describe(settings.database_url)}",
+        email,
+        sms,
+        "public URL: "
+        + (settings.public_base_url or "not set (no unsubscribe links or SMS status callbacks)"),
+    ]
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    for line in describe_startup(settings):
+        log.info(line)
+    await database.upgrade_async(settings.database_url)
+    db = database.Database(settings.database_url)
+    context = AppContext(settings=settings, db=db)
+    runner = await server.start(server.build_web_app(context), host=args.host, port=settings.port)
+    log.info("campaign-bot is running; press Ctrl-C to stop")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await runner.cleanup()
+        await db.dispose()
+    return 0
