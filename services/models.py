@@ -156,7 +156,8 @@ class Patient(Base):
 
     __table_args__ = (
         Index("ix_patients_sort", "sort_key", "id"),
-        Index("ix_patients_first_name_key", "first_name_key", "id"),
+        # With last_name_key: "first last" searches are one range ("maria" + "gar…").
+        Index("ix_patients_first_name_key", "first_name_key", "last_name_key", "id"),
         Index("ix_patients_last_name_key", "last_name_key", "id"),
         Index("ix_patients_email_key", "email_key", "id"),
         Index("ix_patients_phone_key", "phone_key", "id"),
@@ -281,6 +282,9 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("campaign_id", "patient_id", "channel"),
         Index("ix_deliveries_campaign_status", "campaign_id", "status", "next_attempt_at"),
+        # The sender's work queue: due pending deliveries of a channel, oldest first.
+        Index("ix_deliveries_queue", "status", "channel", "next_attempt_at"),
+        Index("ix_deliveries_claimed_by", "claimed_by", "status"),
     )
 
 
@@ -346,3 +350,15 @@ class AppSecret(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SenderProcess(Base):
+    """A running `campaign-bot run` process; its heartbeat tells live claims from dead ones."""
+
+    __tablename__ = "sender_processes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -118,7 +118,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_patients_birth_month'), ['birth_month'], unique=False)
         batch_op.create_index('ix_patients_email_key', ['email_key', 'id'], unique=False)
         batch_op.create_index('ix_patients_external_id_key', ['external_id_key', 'id'], unique=False)
-        batch_op.create_index('ix_patients_first_name_key', ['first_name_key', 'id'], unique=False)
+        batch_op.create_index('ix_patients_first_name_key', ['first_name_key', 'last_name_key', 'id'], unique=False)
         batch_op.create_index('ix_patients_last_name_key', ['last_name_key', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_patients_last_study_at'), ['last_study_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_patients_patient_type'), ['patient_type'], unique=False)
