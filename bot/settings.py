@@ -200,6 +200,11 @@ class Settings(BaseSettings):
         return bool(self.slack_app_token)
 
     @property
+    def link_base_url(self) -> str:
+        """Where links in messages point: PUBLIC_BASE_URL, else this machine (file outbox)."""
+        return (self.public_base_url or f"http://localhost:{self.port}").rstrip("/")
+
+    @property
     def limits(self) -> CampaignLimits:
         return CampaignLimits(
             max_audience=self.max_audience,
@@ -257,6 +262,9 @@ def cross_checks(settings: Settings) -> list[ConfigProblem]:
          "is required when SMTP is configured; set it to the clinic's sender address")
     need(smtp and not s.clinic_postal_address, "CLINIC_POSTAL_ADDRESS",
          "is required when SMTP is configured: every marketing email must carry it")
+    need(smtp and not s.public_base_url, "PUBLIC_BASE_URL",
+         "is required when SMTP is configured: every marketing email carries an unsubscribe "
+         "link to it; set it to this service's public https URL")
     need(bool(s.smtp_username) != bool(s.smtp_password),
          "SMTP_PASSWORD" if s.smtp_username else "SMTP_USERNAME",
          "must be set together with "

@@ -67,7 +67,7 @@ def test_dotenv_file_is_read(no_env: None, tmp_path: Path) -> None:
 def test_smtp_configured_makes_smtp_the_backend(no_env: None) -> None:
     s = load_settings(
         smtp_host="mail.example.org", email_from="Clinic <c@example.org>",
-        clinic_postal_address="Av. Siempre Viva 742",
+        clinic_postal_address="Av. Siempre Viva 742", public_base_url="https://bot.example.org",
     )
     assert s.effective_email_backend == "smtp"
 
@@ -84,7 +84,9 @@ def test_durations(value: str, expected: timedelta) -> None:
     ({"smtp_host": "mail.example.org"}, "EMAIL_FROM"),
     ({"email_backend": "smtp"}, "SMTP_HOST"),
     ({"smtp_username": "u", "smtp_host": "h", "email_from": "a@b.org",
-      "clinic_postal_address": "x"}, "SMTP_PASSWORD"),
+      "clinic_postal_address": "x", "public_base_url": "https://x.org"}, "SMTP_PASSWORD"),
+    ({"smtp_host": "h", "email_from": "a@b.org", "clinic_postal_address": "x"},
+     "PUBLIC_BASE_URL"),
     ({"twilio_account_sid": "AC123"}, "TWILIO_AUTH_TOKEN"),
     ({"twilio_account_sid": "AC1", "twilio_auth_token": "t"}, "TWILIO_FROM_NUMBER"),
     ({"slack_bot_token": "xoxb-1"}, "SLACK_SIGNING_SECRET"),
