@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
 
 from bot import db as database
 from bot import server
 from bot.context import AppContext
+from bot.scheduler import CampaignScheduler
+from bot.senders import build_engine
 from bot.settings import Settings
 
 log = logging.getLogger("campaign_bot")
@@ -67,8 +70,20 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     await database.upgrade_async(settings.database_url)
     db = database.Database(settings.database_url)
     context = AppContext(settings=settings, db=db)
-    runner = await server.start(server.build_web_app(context), host=args.host, port=settings.port)
-    log.info("campaign-bot is running; press Ctrl-C to stop")
+    try:
+        runner = await server.start(
+            server.build_web_app(context), host=args.host, port=settings.port
+        )
+    except OSError as exc:
+        await db.dispose()
+        print(f"configuration error: PORT={settings.port} cannot be used ({exc.strerror}); "
+              "set PORT to a free port", file=sys.stderr)
+        return 2
+    engine = await build_engine(settings, db)
+    await engine.start()
+    scheduler = CampaignScheduler(engine)
+    await scheduler.start()
+    log.info("campaign-bot is running (sender %s); press Ctrl-C to stop", engine.sender_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,6 +92,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await stop.wait()
     finally:
         log.info("stopping")
+        scheduler.stop()
+        await engine.stop()
         await runner.cleanup()
         await db.dispose()
     return 0

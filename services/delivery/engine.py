@@ -125,14 +125,19 @@ class DeliveryEngine:
             for d in self.drivers
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace_seconds: float = 30.0) -> None:
+        """Finish the batches in flight (up to `grace_seconds`), then stop; claim nothing new."""
         self._stopping.set()
         self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+            for task in pending:  # still sending: what it claimed becomes `unknown` on restart
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # Anything still claimed by this process is found by the next recovery (its id is
+        # no longer among the live ones) and becomes `unknown`.
         async with self.db.transaction() as session:
             await ledger.forget_process(session, sender_id=self.sender_id)
         for driver in self.drivers:

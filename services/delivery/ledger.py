@@ -183,10 +183,13 @@ async def claim(
     )
     if session.bind.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
+    # A CTE, not `IN (subquery)`: PostgreSQL may re-run a LIMIT … SKIP LOCKED subquery per
+    # row and claim more than `limit`; a locking CTE is evaluated exactly once.
+    batch = candidates.cte("claim_batch")
     result = await session.execute(
         update(Delivery)
         .where(
-            Delivery.id.in_(candidates.scalar_subquery()),
+            Delivery.id.in_(select(batch.c.id)),
             Delivery.status == DeliveryStatus.pending,
         )
         .values(
@@ -241,8 +244,9 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome], *, now: dat
         )
         .execution_options(synchronize_session=False)
     )
-    await session.connection()
-    await session.execute(
+    # Through the Core connection: an executemany of one UPDATE, not the ORM's per-row path.
+    connection = await session.connection()
+    await connection.execute(
         statement,
         [
             {

@@ -1,0 +1,134 @@
+"""Channel drivers: turn one claimed delivery into a personalised message and hand it to a
+sender. The engine (engine.py) owns claiming, rates, retries and the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.delivery.email_message import Attachment, CampaignMail
+from services.delivery.engine import CampaignContent, Job
+from services.delivery.outcomes import Outcome, SendResult
+from services.delivery.sms_sender import SmsSender
+from services.delivery.sms_text import check_length, compose
+from services.models import DeliveryChannel, Patient
+from services.personalisation import PersonalisationError, render_text, variables_for
+from services.tokens import TokenSigner
+
+UNSUBSCRIBE_PURPOSE = "unsubscribe"
+ATTACHMENT_PURPOSE = "attachment"
+
+
+@dataclass(frozen=True)
+class Links:
+    """Signed links in messages, on the bot's base URL (PUBLIC_BASE_URL, else local)."""
+
+    base_url: str
+    signer: TokenSigner
+    public: bool = True  # False: the base is this machine; no link can reach a patient's phone
+
+    def unsubscribe(self, delivery_id: int) -> str:
+        return f"{self.base_url}/unsubscribe/{self.signer.sign(UNSUBSCRIBE_PURPOSE, delivery_id)}"
+
+    def attachment(self, campaign_id: int) -> str:
+        return f"{self.base_url}/media/{self.signer.sign(ATTACHMENT_PURPOSE, campaign_id)}"
+
+
+def _failed(reason: str) -> SendResult:
+    return SendResult(Outcome.FAILED, reason=reason)
+
+
+@dataclass
+class SmsDriver:
+    """Marketing SMS: the personalised message, an attachment link, the opt-out line."""
+
+    sender: SmsSender
+    links: Links
+    clinic_name: str
+    opt_out_text: str
+    concurrency: int = 4
+    channel: DeliveryChannel = DeliveryChannel.sms
+
+    def address_of(self, patient: Patient) -> str | None:
+        return patient.phone
+
+    def text_for(self, content: CampaignContent, patient: Patient) -> str:
+        body = render_text(content.message, variables_for(patient, self.clinic_name))
+        link = (
+            self.links.attachment(content.id)
+            if content.attachment is not None and self.links.public else None
+        )
+        return compose(body, opt_out_text=self.opt_out_text, attachment_link=link)
+
+    async def send(self, job: Job) -> SendResult:
+        try:
+            text = self.text_for(job.campaign, job.patient)
+        except PersonalisationError as exc:
+            return _failed(f"the message {exc}")
+        problem = check_length(text)
+        if problem:
+            return _failed(problem)
+        return await self.sender.send(to=job.address, body=text)
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+
+@dataclass
+class EmailDriver:
+    """Marketing email: one `CampaignMail` per campaign, one render per patient."""
+
+    sender: object  # SmtpEmailSender or FileEmailSender: send(sender=, recipient=, message=)
+    links: Links
+    email_from: str
+    postal_address: str
+    clinic_name: str
+    concurrency: int = 4
+    channel: DeliveryChannel = DeliveryChannel.email
+    _mails: dict[int, CampaignMail] = field(default_factory=dict)
+
+    def address_of(self, patient: Patient) -> str | None:
+        return patient.email
+
+    def mail_for(self, content: CampaignContent) -> CampaignMail:
+        mail = self._mails.get(content.id)
+        if mail is None:
+            attachment = content.attachment
+            mail = CampaignMail(
+                sender=self.email_from,
+                postal_address=self.postal_address,
+                clinic_name=self.clinic_name,
+                preview_text=content.preview_text,
+                attachment=Attachment(attachment.filename, attachment.content,
+                                      attachment.content_type) if attachment else None,
+            )
+            if len(self._mails) > 16:
+                self._mails.clear()
+            self._mails[content.id] = mail
+        return mail
+
+    def render(self, job: Job, message_id: str) -> tuple[bytes, ...]:
+        mail = self.mail_for(job.campaign)
+        values = variables_for(job.patient, self.clinic_name)
+        return mail.render_chunks(
+            to=job.address,
+            message_id=message_id,
+            subject=render_text(job.campaign.subject, values),
+            text_body=render_text(job.campaign.message, values),
+            unsubscribe_url=self.links.unsubscribe(job.delivery_id),
+            preview_text=job.campaign.preview_text,
+        )
+
+    async def send(self, job: Job) -> SendResult:
+        mail = self.mail_for(job.campaign)
+        message_id = mail.new_message_id()
+        try:
+            message = self.render(job, message_id)
+        except PersonalisationError as exc:
+            return _failed(f"the message {exc}")
+        return await self.sender.send(  # type: ignore[attr-defined]
+            sender=mail.envelope_sender, recipient=job.address, message=message,
+            message_id=message_id,
+        )
+
+    async def close(self) -> None:
+        await self.sender.close()  # type: ignore[attr-defined]
