@@ -6,6 +6,7 @@ Append-only by construction: this module can insert and read, nothing else.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -66,8 +67,6 @@ async def entries(
 
 async def export_csv(session: AsyncSession, out: TextIO, **filters: Any) -> int:
     """Write the log as CSV; returns the number of entries written."""
-    import json
-
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     count = 0
