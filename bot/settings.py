@@ -209,6 +209,7 @@ class Settings(BaseSettings):
         return CampaignLimits(
             max_audience=self.max_audience,
             attachment_max_bytes=int(self.attachment_max_mb * 1024 * 1024),
+            sms_opt_out_text=self.sms_opt_out_text,
         )
 
 

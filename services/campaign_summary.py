@@ -21,6 +21,7 @@ from services.models import (
     DeliveryStatus,
 )
 
+QUIET_HOURS_REASON = "waiting for quiet hours to end"
 COUNTED = (*(s.value for s in DeliveryStatus), "opened", "clicked")
 NO_REASON = "no reason given"
 
@@ -123,4 +124,19 @@ async def summary(
         ),
         "slack_channel_id": campaign.slack_channel_id,
         "deliveries": await delivery_counts(session, campaign.id, channel.delivery_channels),
+        "waiting": await waiting_for_quiet_hours(session, campaign.id),
     }
+
+
+async def waiting_for_quiet_hours(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
+    """SMS held back until the patient's quiet hours end: how many, and until when."""
+    count, until = (
+        await session.execute(
+            select(func.count(), func.max(Delivery.next_attempt_at)).where(
+                Delivery.campaign_id == campaign_id,
+                Delivery.status == DeliveryStatus.pending,
+                Delivery.reason == QUIET_HOURS_REASON,
+            )
+        )
+    ).one()
+    return {"count": int(count), "until": _iso(until) if count else None}

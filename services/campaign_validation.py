@@ -19,7 +19,8 @@ from services import attachments, personalisation, segments
 from services.attachments import AttachmentInput, CheckedAttachment
 from services.errors import NotFound, ValidationFailed
 from services.limits import CampaignLimits
-from services.models import Channel, Patient, utcnow
+from services.delivery import sms_text
+from services.models import Channel, DeliveryChannel, Patient, utcnow
 
 FIELDS = (
     "subject", "preview_text", "message", "channel", "audience", "send_at", "tags", "attachment"
@@ -175,6 +176,12 @@ def check_form(
             else:
                 send_at = campaign_in.send_at.astimezone(UTC)
 
+    sms = DeliveryChannel.sms in channel.delivery_channels
+    if "message" not in errors and "channel" not in errors and sms:
+        problem = sms_length_problem(message, limits.sms_opt_out_text)
+        if problem:
+            errors["message"] = problem
+
     tags = normalise_tags(campaign_in.tags)
     problem = tags_problem(tags)
     if problem:
@@ -202,6 +209,12 @@ def check_form(
         idempotency_key=(campaign_in.idempotency_key or "").strip() or None,
     )
     return valid, errors
+
+
+def sms_length_problem(message: str, opt_out_text: str) -> str | None:
+    """Why the SMS (personalised for a typical patient, with the opt-out line) is too long."""
+    body = personalisation.render_text(message, personalisation.SAMPLE_VALUES)
+    return sms_text.check_length(sms_text.compose(body, opt_out_text=opt_out_text))
 
 
 class AudienceProblem(ValueError):

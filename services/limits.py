@@ -7,3 +7,5 @@ from dataclasses import dataclass
 class CampaignLimits:
     max_audience: int = 500
     attachment_max_bytes: int = 5 * 1024 * 1024
+    # Every marketing SMS ends with it, so it counts against the SMS length limit.
+    sms_opt_out_text: str = "Reply STOP to opt out"

@@ -22,16 +22,14 @@ MAX_REPEAT = 10_000  # `"x" * n` beyond this is a mistake or an attack, not a me
 
 # Rendered during validation: once with typical values and once with every value empty
 # (a patient with no name on file), so a template that fails for either fails early.
-_SAMPLES: tuple[dict[str, str], ...] = (
-    {
-        "first_name": "Ana",
-        "last_name": "García",
-        "full_name": "Ana García",
-        "patient_type": "adult",
-        "clinic_name": "Clinic",
-    },
-    dict.fromkeys(VARIABLES, ""),
-)
+SAMPLE_VALUES: dict[str, str] = {
+    "first_name": "Ana",
+    "last_name": "García",
+    "full_name": "Ana García",
+    "patient_type": "adult",
+    "clinic_name": "Clinic",
+}
+_SAMPLES: tuple[dict[str, str], ...] = (SAMPLE_VALUES, dict.fromkeys(VARIABLES, ""))
 
 
 class PersonalisationError(ValueError):

@@ -154,3 +154,16 @@ def test_every_error_is_reported_at_once() -> None:
     assert list(errors) == [
         "subject", "preview_text", "message", "channel", "send_at", "tags", "attachment"
     ]
+
+
+def test_an_sms_over_1600_characters_with_the_opt_out_line_is_refused() -> None:
+    from services.campaign_validation import check_form
+
+    limits = LIMITS
+    fits = "x" * (1600 - len("\nReply STOP to opt out"))
+    _, errors = check_form(form(channel="SMS", message=fits), limits, NOW)
+    assert "message" not in errors
+    _, errors = check_form(form(channel="SMS", message=fits + "x"), limits, NOW)
+    assert "1,601 characters" in errors["message"] and "1,600" in errors["message"]
+    _, errors = check_form(form(channel="EMAIL", message=fits + "x"), limits, NOW)
+    assert "message" not in errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,9 +87,45 @@ async def check_public_url(settings: Settings) -> list[Check]:
                                            "SMS status callbacks")]
 
 
+async def check_email(settings: Settings) -> list[Check]:
+    from bot.senders import email_sender
+    from services.delivery.email_wire import bare_address
+
+    sender = email_sender(settings)
+    name = "email (SMTP)" if settings.effective_email_backend == "smtp" else "email (outbox)"
+    try:
+        if settings.effective_email_backend == "smtp":
+            address = bare_address(settings.email_from) if settings.email_from else None
+            lines = await sender.check(address)  # type: ignore[call-arg]
+        else:
+            lines = await sender.check()
+    finally:
+        await sender.close()
+    return _named(name, lines)
+
+
+def _named(name: str, lines: list[tuple[bool, str]]) -> list[Check]:
+    """The senders' lines under one name, without their own "SMTP: "-style prefix."""
+    return [Check(name, ok, re.sub(r"^(SMTP|Email|SMS|Twilio): ", "", line)) for ok, line in lines]
+
+
+async def check_sms(settings: Settings) -> list[Check]:
+    from bot.senders import sms_sender
+
+    sender = sms_sender(settings)
+    name = "SMS (Twilio)" if settings.effective_sms_backend == "twilio" else "SMS (outbox)"
+    try:
+        lines = await sender.check()
+    finally:
+        await sender.close()
+    return _named(name, lines)
+
+
 CHECKS: list[Callable[[Settings], Awaitable[list[Check]]]] = [
     check_database,
     check_slack,
+    check_email,
+    check_sms,
     check_public_url,
 ]
 

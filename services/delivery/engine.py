@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from bot.db import Database
 from services import consent
+from services.campaign_summary import QUIET_HOURS_REASON
 from services.delivery import ledger
 from services.delivery.ledger import CampaignEvent, Claimed, Outcome
 from services.delivery.outcomes import Outcome as Result
@@ -311,7 +312,7 @@ class DeliveryEngine:
             opening = self._window_opening(driver.channel, patient, now)
             if opening is not None:
                 early.append(Outcome(item.id, DeliveryStatus.pending,
-                                     reason="waiting for quiet hours to end",
+                                     reason=QUIET_HOURS_REASON,
                                      next_attempt_at=opening, undo_attempt=True))
                 continue
             content = await self._content(session, item.campaign_id)
@@ -363,6 +364,8 @@ class DeliveryEngine:
                     log.exception("delivery %s: unexpected error", job.delivery_id)
                     result = SendResult(Result.UNKNOWN, reason=f"unexpected error: {exc}")
                 results[index] = result
+                if result.outcome is Result.RETRY and result.retry_after:
+                    limiter.defer(result.retry_after)  # the provider asked us to slow down
                 if result.outcome is Result.CHANNEL_DOWN:
                     down.append(result.reason or "the channel is down")
 

@@ -239,7 +239,6 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome], *, now: dat
             next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
             sent_at=func.coalesce(bindparam("b_sent", type_=UTCDateTime()), Delivery.sent_at),
             attempts=Delivery.attempts - bindparam("b_undo"),
-            claimed_by=None,
             updated_at=bindparam("b_now", type_=UTCDateTime()),
         )
         .execution_options(synchronize_session=False)

@@ -240,6 +240,9 @@ async def test_sms_outside_quiet_hours_waits_for_the_window(
     assert all(r.next_attempt_at is not None and r.next_attempt_at >= opens for r in rows)
     assert all(r.attempts == 0 for r in rows)
     assert outbox_sms(tmp_path) == []
+    async with db.transaction() as session:
+        waiting = (await campaigns.summary(session=session, campaign_id=campaign_id))["waiting"]
+    assert waiting["count"] == 2 and waiting["until"] >= opens.isoformat()
     assert await status_of(db, campaign_id) == CampaignStatus.sending
 
 

@@ -1,0 +1,38 @@
+"""What a sender reports for one message, in the ledger's terms (SPEC §3).
+
+Senders classify provider errors here, once; the engine only reads the outcome:
+- SENT: the provider accepted it (provider_id set).
+- RETRY: it certainly did not send (SMTP 4xx, connection refused, Twilio 429): try again later.
+- FAILED: permanent for this recipient (SMTP 5xx, Twilio 21211/21610/21614, …).
+- CHANNEL_DOWN: nothing will get through on this channel (SMTP login or Twilio credentials
+  rejected): the engine fails the channel's remaining deliveries with this reason.
+- UNKNOWN: it may or may not have been sent (a timeout after the data was handed over):
+  never retried automatically.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    CHANNEL_DOWN = "channel_down"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    provider_id: str | None = None
+    reason: str | None = None  # the provider's words, for the snapshot and the operator
+    error_code: str | None = None  # e.g. "550", "21610"
+    retry_after: float | None = None  # seconds, when the provider said
+    opted_out: bool = False  # the provider says the recipient opted out (Twilio 21610)
+
+    @classmethod
+    def sent(cls, provider_id: str) -> SendResult:
+        return cls(Outcome.SENT, provider_id=provider_id)
