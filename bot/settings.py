@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     email_rate: float = Field(default=10.0, gt=0, le=10_000)
     sms_rate: float = Field(default=1.0, gt=0, le=1_000)
     schedule_grace: Duration = timedelta(hours=1)
+    scheduler_sweep: Duration = timedelta(seconds=10)
     quiet_hours: Annotated[QuietHours | None, NoDecode, BeforeValidator(parse_quiet_hours)] = (
         QuietHours(start=time(8, 0), end=time(21, 0))
     )

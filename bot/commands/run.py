@@ -81,7 +81,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     engine = await build_engine(settings, db)
     await engine.start()
-    scheduler = CampaignScheduler(engine)
+    scheduler = CampaignScheduler(
+        engine, sweep_seconds=max(0.5, settings.scheduler_sweep.total_seconds())
+    )
     await scheduler.start()
     log.info("campaign-bot is running (sender %s); press Ctrl-C to stop", engine.sender_id)
     stop = asyncio.Event()

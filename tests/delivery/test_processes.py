@@ -1,0 +1,184 @@
+"""At most once, proven with real `campaign-bot run` processes: two sharing one database, and
+one killed with SIGKILL in the middle of a batch and replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from bot.db import Database
+from services import campaigns
+from services.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from tests.bot.test_settings import clean_env
+from tests.campaign_fixtures import LIMITS, OPERATOR, add_patients, form
+from tests.fakes.smtp_server import FakeSmtp
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Bot:
+    """One `campaign-bot run` process."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.process, self.port, self.log = process, port, log
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(tmp_path: Path, name: str, env: dict[str, str]) -> AsyncIterator[Bot]:
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "run", "--host", "127.0.0.1",
+            cwd=tmp_path, env=clean_env(PORT=str(port), **env), stdout=out, stderr=out,
+        )
+    bot = Bot(process, port, log)
+    try:
+        await wait_healthy(bot)
+        yield bot
+    finally:
+        if process.returncode is None:
+            bot.kill()
+            await process.wait()
+
+
+async def wait_healthy(bot: Bot) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            if bot.process.returncode is not None:
+                raise AssertionError(f"the bot exited:\n{bot.log.read_text()}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{bot.port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the bot never answered /healthz:\n{bot.log.read_text()}")
+
+
+def bot_env(db: Database, tmp_path: Path, smtp: FakeSmtp, **extra: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": db.url,
+        "OUTBOX_DIR": str(tmp_path / "outbox"),
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_SECURITY": "none",
+        "EMAIL_FROM": "Clinic <clinic@example.org>",
+        "CLINIC_POSTAL_ADDRESS": "Calle 1, CDMX",
+        "PUBLIC_BASE_URL": "https://bot.example.org",
+        "SCHEDULER_SWEEP": "1s",
+        "QUIET_HOURS": "off",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+async def create_send_now(db: Database, count: int) -> int:
+    await add_patients(db, count, email_opt_in=True)
+    async with db.transaction() as session:
+        campaign = await campaigns.create(
+            session=session, actor=OPERATOR, limits=LIMITS,
+            campaign_in=form(send_now=True, send_at=None,
+                             external_ids=[f"P{n:04d}" for n in range(1, count + 1)]),
+        )
+        return campaign.id
+
+
+async def wait_for(db: Database, campaign_id: int, status: CampaignStatus, bots: list[Bot]) -> None:
+    for _ in range(1200):
+        async with db.transaction() as session:
+            campaign = await session.get(Campaign, campaign_id)
+            assert campaign is not None
+            if campaign.status == status:
+                return
+        for bot in bots:
+            if bot.process.returncode is not None:
+                raise AssertionError(f"a bot exited:\n{bot.log.read_text()}")
+        await asyncio.sleep(0.1)
+    logs = "\n".join(bot.log.read_text()[-3000:] for bot in bots)
+    raise AssertionError(f"campaign {campaign_id} never became {status}:\n{logs}")
+
+
+async def ledger(db: Database, campaign_id: int) -> list[Delivery]:
+    async with db.transaction() as session:
+        rows = await session.execute(select(Delivery).where(Delivery.campaign_id == campaign_id))
+        return list(rows.scalars())
+
+
+async def test_two_processes_sharing_a_database_send_each_patient_once(
+    db: Database, tmp_path: Path
+) -> None:
+    with FakeSmtp() as smtp:
+        env = bot_env(db, tmp_path, smtp, EMAIL_RATE="25")
+        async with running_bot(tmp_path, "one", env) as one, \
+                running_bot(tmp_path, "two", env) as two:
+            campaign_id = await create_send_now(db, 120)
+            await wait_for(db, campaign_id, CampaignStatus.completed, [one, two])
+            assert await one.stop() == 0 and await two.stop() == 0
+        received = Counter(r for m in smtp.messages for r in m.recipients)
+    rows = await ledger(db, campaign_id)
+    assert len(rows) == 120 and {r.status for r in rows} == {DeliveryStatus.sent}
+    assert len(received) == 120 and max(received.values()) == 1
+    assert len({r.claimed_by for r in rows}) == 2  # both processes sent some
+    async with db.transaction() as session:
+        starts = await session.scalar(
+            select(func.count()).select_from(Campaign).where(Campaign.id == campaign_id,
+                                                             Campaign.started_at.is_not(None)))
+    assert starts == 1
+
+
+async def test_sigkill_mid_batch_leaves_unknown_not_resent_and_the_rest_continues(
+    db: Database, tmp_path: Path
+) -> None:
+    with FakeSmtp() as smtp:
+        # The server takes the first messages and then hangs before answering: the process is
+        # killed while they are handed over but not yet confirmed.
+        smtp.stall_next(seconds=60, n=4)
+        env = bot_env(db, tmp_path, smtp, EMAIL_RATE="50")
+        async with running_bot(tmp_path, "doomed", env) as doomed:
+            campaign_id = await create_send_now(db, 30)
+            for _ in range(300):
+                if len(smtp.messages) >= 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(smtp.messages) >= 4, doomed.log.read_text()
+            doomed.kill()
+            await doomed.process.wait()
+        in_flight = {r.address for r in await ledger(db, campaign_id)
+                     if r.status == DeliveryStatus.sending}
+        assert in_flight  # the kill really happened mid-batch
+        async with running_bot(tmp_path, "heir", env) as heir:
+            await wait_for(db, campaign_id, CampaignStatus.completed, [heir])
+            assert await heir.stop() == 0
+        received = Counter(r for m in smtp.messages for r in m.recipients)
+    rows = {r.address: r for r in await ledger(db, campaign_id)}
+    assert max(received.values()) == 1  # nobody got the campaign twice
+    unknown = {a for a, r in rows.items() if r.status == DeliveryStatus.unknown}
+    assert unknown == in_flight
+    assert all(r.status == DeliveryStatus.sent for a, r in rows.items() if a not in unknown)
+    assert set(received) >= {a for a, r in rows.items() if r.status == DeliveryStatus.sent}
