@@ -373,3 +373,47 @@ async def test_grace_period_boundary(
     engine = await engine_for(db, settings_for(db, tmp_path))
     events = await engine.start_due()
     assert [e.event for e in events] == [expected]
+
+
+async def test_connections_dropped_before_and_after_the_handover(
+    db: Database, tmp_path: Path
+) -> None:
+    await add_patients(db, 2, email_opt_in=True)
+    with FakeSmtp() as smtp:
+        smtp.drop_next(n=1, at="rcpt")  # nothing handed over yet: retried, then sent
+        settings = settings_for(
+            db, tmp_path, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none",
+            email_from="clinic@example.org", clinic_postal_address="Calle 1, CDMX",
+            public_base_url="https://bot.example.org",
+        )
+        campaign_id = await send_now(db, external_ids=["P0001"])
+        await drain(await engine_for(db, settings))
+        first = await deliveries(db, campaign_id)
+        assert [(r.status, r.attempts) for r in first] == [(DeliveryStatus.sent, 2)]
+
+        smtp.drop_next(n=1, at="data")  # the message was taken: ambiguous, never re-sent
+        campaign_id = await send_now(db, external_ids=["P0002"])
+        await drain(await engine_for(db, settings))
+        received = [r for m in smtp.messages for r in m.recipients]
+    [row] = await deliveries(db, campaign_id)
+    assert (row.status, row.attempts) == (DeliveryStatus.unknown, 1)
+    assert received.count("p0002@example.com") == 1
+
+
+async def test_twilio_accepting_then_dropping_the_connection_is_unknown_not_resent(
+    db: Database, tmp_path: Path
+) -> None:
+    await add_patients(db, 1, sms_opt_in=True, phone="+525512345678")
+    async with FakeTwilio(account_sid=SID, auth_token=TOKEN) as twilio:
+        twilio.fail_for("+525512345678", "drop")
+        settings = settings_for(
+            db, tmp_path, twilio_account_sid=SID, twilio_auth_token=TOKEN,
+            twilio_from_number="+15005550006", twilio_api_url=twilio.url,
+        )
+        campaign_id = await send_now(db, channel="SMS", external_ids=["P0001"])
+        await drain(await engine_for(db, settings))
+        posts = len(twilio.posts)
+        accepted = len(twilio.messages)
+    [row] = await deliveries(db, campaign_id)
+    assert row.status == DeliveryStatus.unknown
+    assert posts == 1 and accepted == 1
