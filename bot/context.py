@@ -8,12 +8,14 @@ from aiohttp import web
 
 from bot.db import Database
 from bot.settings import Settings
+from services.tokens import TokenSigner
 
 
 @dataclass
 class AppContext:
     settings: Settings
     db: Database
+    signer: TokenSigner
 
 
 CONTEXT = web.AppKey("context", AppContext)

@@ -9,7 +9,7 @@ from services.delivery.email_sender import FileEmailSender, SmtpEmailSender
 from services.delivery.engine import DeliveryEngine, EngineConfig, EventListener
 from services.delivery.sms_sender import FileSmsSender, TwilioSmsSender
 from services.models import DeliveryChannel
-from services.tokens import load_signer
+from services.tokens import TokenSigner, load_signer
 
 FILE_SENDER = "campaign-bot@localhost"
 FILE_POSTAL_ADDRESS = "(CLINIC_POSTAL_ADDRESS is not set)"
@@ -46,16 +46,21 @@ def sms_sender(settings: Settings) -> TwilioSmsSender | FileSmsSender:
     )
 
 
-async def links(settings: Settings, db: Database) -> Links:
-    async with db.transaction() as session:
-        signer = await load_signer(session)
+async def links(settings: Settings, db: Database, signer: TokenSigner | None = None) -> Links:
+    if signer is None:
+        async with db.transaction() as session:
+            signer = await load_signer(session)
     return Links(settings.link_base_url, signer, public=settings.public_base_url is not None)
 
 
 async def build_engine(
-    settings: Settings, db: Database, *, on_event: EventListener | None = None
+    settings: Settings,
+    db: Database,
+    *,
+    signer: TokenSigner | None = None,
+    on_event: EventListener | None = None,
 ) -> DeliveryEngine:
-    link_maker = await links(settings, db)
+    link_maker = await links(settings, db, signer)
     email = EmailDriver(
         sender=email_sender(settings),
         links=link_maker,

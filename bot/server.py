@@ -5,13 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.context import CONTEXT, AppContext
-from handlers import health
+from handlers import health, media
 
 
 def build_web_app(context: AppContext) -> web.Application:
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[CONTEXT] = context
     health.register(app)
+    media.register(app)
     return app
 
 

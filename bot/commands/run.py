@@ -15,6 +15,7 @@ from bot.context import AppContext
 from bot.scheduler import CampaignScheduler
 from bot.senders import build_engine
 from bot.settings import Settings
+from services.tokens import load_signer
 
 log = logging.getLogger("campaign_bot")
 
@@ -69,7 +70,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         log.info(line)
     await database.upgrade_async(settings.database_url)
     db = database.Database(settings.database_url)
-    context = AppContext(settings=settings, db=db)
+    async with db.transaction() as session:
+        signer = await load_signer(session)
+    context = AppContext(settings=settings, db=db, signer=signer)
     try:
         runner = await server.start(
             server.build_web_app(context), host=args.host, port=settings.port
@@ -79,7 +82,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"configuration error: PORT={settings.port} cannot be used ({exc.strerror}); "
               "set PORT to a free port", file=sys.stderr)
         return 2
-    engine = await build_engine(settings, db)
+    engine = await build_engine(settings, db, signer=signer)
     await engine.start()
     scheduler = CampaignScheduler(
         engine, sweep_seconds=max(0.5, settings.scheduler_sweep.total_seconds())
