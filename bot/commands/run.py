@@ -15,6 +15,7 @@ from bot.context import AppContext
 from bot.scheduler import CampaignScheduler
 from bot.senders import build_engine
 from bot.settings import Settings
+from services import segments
 from services.tokens import load_signer
 
 log = logging.getLogger("campaign_bot")
@@ -61,15 +62,25 @@ def describe_startup(settings: Settings) -> list[str]:
         email,
         sms,
         "public URL: "
-        + (settings.public_base_url or "not set (no unsubscribe links or SMS status callbacks)"),
+        + (settings.public_base_url or f"not set: links in messages point to "
+           f"{settings.link_base_url} and Twilio sends no status callbacks"),
     ]
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        clinic_segments = segments.load_segments_file(settings.segments_file)
+    except segments.SegmentsFileError as exc:
+        print(f"configuration error: SEGMENTS_FILE {exc}; fix the file or point SEGMENTS_FILE "
+              "elsewhere", file=sys.stderr)
+        return 2
     for line in describe_startup(settings):
         log.info(line)
     await database.upgrade_async(settings.database_url)
     db = database.Database(settings.database_url)
+    async with db.transaction() as session:
+        await segments.sync_segments(session, clinic_segments)
+    log.info("segments: %d from %s", len(clinic_segments), settings.segments_file)
     async with db.transaction() as session:
         signer = await load_signer(session)
     context = AppContext(settings=settings, db=db, signer=signer)

@@ -124,3 +124,17 @@ def test_run_exits_2_with_one_line_and_no_traceback(
     assert len(lines) == 1, result.stderr
     assert variable in lines[0] and "Traceback" not in result.stderr
     assert "fix" in lines[0] or "set" in lines[0]
+
+
+def test_a_bad_segments_file_stops_start_up_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "segments.yml").write_text(
+        "- slug: vip\n  name: VIP\n  conditions:\n    - nonsense_column: {eq: 1}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path,
+        env=clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/x.db"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "SEGMENTS_FILE" in last and "line 4" in last and "Traceback" not in result.stderr
