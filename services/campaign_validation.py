@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import attachments, personalisation, segments
 from services.attachments import AttachmentInput, CheckedAttachment
+from services.delivery import sms_text
 from services.errors import NotFound, ValidationFailed
 from services.limits import CampaignLimits
-from services.delivery import sms_text
 from services.models import Channel, DeliveryChannel, Patient, utcnow
 
 FIELDS = (

@@ -293,6 +293,26 @@ async def skip_cancelled(session: AsyncSession, *, now: datetime) -> list[int]:
     return sorted(set(result.scalars()))
 
 
+async def without_open_deliveries(
+    session: AsyncSession, *, campaign_ids: Iterable[int]
+) -> list[int]:
+    """Which of these campaigns have no pending or in-flight delivery left (cheap: an index
+    probe per campaign, so the full count runs only when a campaign may be done)."""
+    ids = sorted(set(campaign_ids))
+    if not ids:
+        return []
+    still_open = set(
+        (
+            await session.execute(
+                select(Delivery.campaign_id)
+                .where(Delivery.campaign_id.in_(ids), Delivery.status.in_(OPEN))
+                .group_by(Delivery.campaign_id)
+            )
+        ).scalars()
+    )
+    return [i for i in ids if i not in still_open]
+
+
 async def finish_campaigns(
     session: AsyncSession, *, campaign_ids: Iterable[int], now: datetime
 ) -> list[CampaignEvent]:
