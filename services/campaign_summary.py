@@ -19,6 +19,7 @@ from services.models import (
     Delivery,
     DeliveryChannel,
     DeliveryStatus,
+    Patient,
 )
 
 QUIET_HOURS_REASON = "waiting for quiet hours to end"
@@ -125,7 +126,27 @@ async def summary(
         "slack_channel_id": campaign.slack_channel_id,
         "deliveries": await delivery_counts(session, campaign.id, channel.delivery_channels),
         "waiting": await waiting_for_quiet_hours(session, campaign.id),
+        "unknown_deliveries": await unknown_deliveries(session, campaign.id),
     }
+
+
+async def unknown_deliveries(
+    session: AsyncSession, campaign_id: int, *, limit: int = 500
+) -> list[dict[str, str]]:
+    """Deliveries that may or may not have gone out, for the operator to check by hand
+    (patients by their clinic id only; never re-sent automatically)."""
+    rows = await session.execute(
+        select(Patient.external_id, Delivery.channel, Delivery.reason)
+        .join(Patient, Patient.id == Delivery.patient_id)
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.unknown)
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    return [
+        {"external_id": external_id, "channel": DeliveryChannel(channel).value,
+         "reason": reason or NO_REASON}
+        for external_id, channel, reason in rows
+    ]
 
 
 async def waiting_for_quiet_hours(session: AsyncSession, campaign_id: int) -> dict[str, Any]:

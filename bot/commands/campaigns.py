@@ -288,6 +288,14 @@ def _human_summary(data: dict[str, Any], settings: Settings) -> str:
         for kind in ("skipped", "failed"):
             for reason, count in counts[f"{kind}_reasons"].items():
                 lines.append(f"    {kind}: {reason}: {count}")
+    waiting = data["waiting"]
+    if waiting["count"]:
+        until = _local(datetime.fromisoformat(waiting["until"]), settings)
+        lines.append(f"  {waiting['count']} SMS waiting for quiet hours to end (until {until})")
+    unknown = data["unknown_deliveries"]
+    if unknown:
+        lines.append("May or may not have been sent (not retried; check with the provider):")
+        lines += [f"  {u['external_id']} ({u['channel']}): {u['reason']}" for u in unknown]
     return "\n".join(lines)
 
 

@@ -190,6 +190,10 @@ async def test_a_dead_process_claims_become_unknown_and_are_not_resent(
     assert sorted(r.status for r in rows) == ["sent", "unknown", "unknown"]
     assert len(outbox_emails(tmp_path)) == 1
     assert await status_of(db, campaign_id) == CampaignStatus.completed
+    async with db.transaction() as session:
+        shown = await campaigns.summary(session=session, campaign_id=campaign_id)
+    assert shown["deliveries"]["email"]["unknown"] == 2
+    assert sorted(u["external_id"] for u in shown["unknown_deliveries"]) == ["P0001", "P0002"]
 
 
 async def test_two_engines_on_one_database_send_each_message_once(

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 
 from bot.db import Database
 from services import campaigns
-from services.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from services.models import Campaign, CampaignStatus, Delivery, DeliveryStatus, utcnow
 from tests.bot.test_settings import clean_env
 from tests.campaign_fixtures import LIMITS, OPERATOR, add_patients, form
 from tests.fakes.smtp_server import FakeSmtp
@@ -182,3 +183,28 @@ async def test_sigkill_mid_batch_leaves_unknown_not_resent_and_the_rest_continue
     assert unknown == in_flight
     assert all(r.status == DeliveryStatus.sent for a, r in rows.items() if a not in unknown)
     assert set(received) >= {a for a, r in rows.items() if r.status == DeliveryStatus.sent}
+
+
+async def test_a_scheduled_campaign_survives_a_restart_and_is_sent_once_due(
+    db: Database, tmp_path: Path
+) -> None:
+    await add_patients(db, 3, email_opt_in=True)
+    async with db.transaction() as session:
+        campaign = await campaigns.create(
+            session=session, actor=OPERATOR, limits=LIMITS,
+            campaign_in=form(send_at=utcnow() + timedelta(minutes=5),
+                             external_ids=["P0001", "P0002", "P0003"]),
+        )
+        # Bring it within reach of a test: due in a few seconds.
+        campaign.send_at = utcnow() + timedelta(seconds=4)
+    with FakeSmtp() as smtp:
+        env = bot_env(db, tmp_path, smtp)
+        async with running_bot(tmp_path, "first", env) as first:
+            assert await first.stop() == 0  # stopped before it was due
+        assert smtp.messages == []
+        await asyncio.sleep(5)
+        async with running_bot(tmp_path, "second", env) as second:
+            await wait_for(db, campaign.id, CampaignStatus.completed, [second])
+            assert await second.stop() == 0
+        received = sorted(r for m in smtp.messages for r in m.recipients)
+    assert received == ["p0001@example.com", "p0002@example.com", "p0003@example.com"]
