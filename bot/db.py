@@ -112,6 +112,17 @@ async def upgrade_async(database_url: str) -> None:
     await asyncio.to_thread(upgrade, database_url)
 
 
+@asynccontextmanager
+async def migrated(database_url: str) -> AsyncIterator[Database]:
+    """The database, migrated to head first (so every command works on a fresh machine)."""
+    await upgrade_async(database_url)
+    database = Database(database_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
 async def migration_state(database_url: str) -> tuple[str | None, str | None]:
     """(current, head) revisions, for `campaign-bot check`."""
     from alembic.runtime.migration import MigrationContext

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from bot import db
@@ -39,16 +37,6 @@ def register(commands: Any) -> None:
     listing.set_defaults(handler=_list)
 
 
-@asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[db.Database]:
-    await db.upgrade_async(settings.database_url)
-    database = db.Database(settings.database_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
-
-
 def _env_admin_note(user_id: str, settings: Settings) -> str:
     if user_id in settings.campaign_bot_admins:
         return f"; note: {user_id} is also an admin through CAMPAIGN_BOT_ADMINS"
@@ -57,7 +45,7 @@ def _env_admin_note(user_id: str, settings: Settings) -> str:
 
 async def _grant(args: argparse.Namespace, settings: Settings) -> int:
     level = AccessLevel[args.level]
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         user_id = await access.grant(
             session=session, actor=Actor.local_operator(), user_id=args.user, level=level
         )
@@ -67,7 +55,7 @@ async def _grant(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     level = AccessLevel[args.level] if args.level else None
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         result = await access.revoke(
             session=session, actor=Actor.local_operator(), user_id=args.user, level=level
         )
@@ -85,7 +73,7 @@ async def _revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         grants = await access.list_grants(session=session, actor=Actor.local_operator())
     rows = [("USER", "LEVEL", "GRANTED BY", "GRANTED AT")]
     rows += [(g.slack_user_id, g.level, g.granted_by, f"{g.granted_at:%Y-%m-%d %H:%M} UTC")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -81,16 +79,6 @@ def register(commands: Any) -> None:
     )
     send_now.add_argument("id", type=int, metavar="ID")
     send_now.set_defaults(handler=_send_now)
-
-
-@asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[db.Database]:
-    await db.upgrade_async(settings.database_url)
-    database = db.Database(settings.database_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 def parse_at(text: str, clinic_timezone: str) -> datetime:
@@ -169,7 +157,7 @@ def _merge(service: dict[str, str], edge: dict[str, str]) -> dict[str, str]:
 async def _create(args: argparse.Namespace, settings: Settings) -> int:
     campaign_in, edge_errors = _campaign_input(args, settings)
     actor = Actor.local_operator()
-    async with _database(settings) as database:
+    async with db.migrated(settings.database_url) as database:
         if args.segment and settings.segments_file.exists():
             definitions = segments.load_segments_file(settings.segments_file)
             async with database.transaction() as session:
@@ -219,7 +207,7 @@ def _shorten(text: str, width: int) -> str:
 
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         found = await campaigns.list_campaigns(
             session=session, statuses=args.status, limit=max(1, args.limit),
             actor=Actor.local_operator(),
@@ -242,7 +230,7 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _show(args: argparse.Namespace, settings: Settings) -> int:
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         data = await campaigns.summary(
             session=session, campaign_id=args.id, actor=Actor.local_operator()
         )
@@ -300,7 +288,7 @@ def _human_summary(data: dict[str, Any], settings: Settings) -> str:
 
 
 async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         campaign = await campaigns.cancel(
             session=session, actor=Actor.local_operator(), campaign_id=args.id
         )
@@ -309,7 +297,7 @@ async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _send_now(args: argparse.Namespace, settings: Settings) -> int:
-    async with _database(settings) as database, database.transaction() as session:
+    async with db.migrated(settings.database_url) as database, database.transaction() as session:
         campaign = await campaigns.send_now(
             session=session, actor=Actor.local_operator(), campaign_id=args.id
         )
