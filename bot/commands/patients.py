@@ -60,19 +60,17 @@ def register(commands: Any) -> None:
 
 async def _import(args: argparse.Namespace, settings: Settings) -> int:
     path: Path = args.file
-    if not await _migrate(settings):
-        return 1
-    database = db.Database(settings.database_url)
     try:
-        with _progress_bar(f"importing {path.name}", bytes_=True) as advance:
-            summary = await import_patients(
-                database,
-                path,
-                actor=Actor.local_operator(),
-                phone_region=settings.default_phone_region,
-                report_path=args.report,
-                progress=advance,
-            )
+        async with db.migrated(settings.database_url) as database:
+            with _progress_bar(f"importing {path.name}", bytes_=True) as advance:
+                summary = await import_patients(
+                    database,
+                    path,
+                    actor=Actor.local_operator(),
+                    phone_region=settings.default_phone_region,
+                    report_path=args.report,
+                    progress=advance,
+                )
     except (UnusableFile, PatientImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -80,49 +78,35 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
         print("import interrupted; the catalog is unchanged", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DATABASE_ERRORS as exc:
-        print(f"error: the database failed during the import ({_first_line(exc)}); "
-              "the catalog is unchanged", file=sys.stderr)
+        _database_failed(settings, exc, "the catalog is unchanged")
         return 1
-    finally:
-        await database.dispose()
     _print_summary(summary)
     return 0
 
 
 async def _seed(args: argparse.Namespace, settings: Settings) -> int:
-    if not await _migrate(settings):
-        return 1
-    database = db.Database(settings.database_url)
     try:
-        with _progress_bar("seeding patients", bytes_=False) as advance:
-            added = await seed_patients(
-                database, args.count, rng_seed=args.seed, progress=advance
-            )
+        async with db.migrated(settings.database_url) as database:
+            with _progress_bar("seeding patients", bytes_=False) as advance:
+                added = await seed_patients(
+                    database, args.count, rng_seed=args.seed, progress=advance
+                )
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("seeding interrupted; no patients were added", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DATABASE_ERRORS as exc:
-        print(f"error: the database failed while seeding ({_first_line(exc)}); "
-              "no patients were added", file=sys.stderr)
+        _database_failed(settings, exc, "no patients were added")
         return 1
-    finally:
-        await database.dispose()
     print(f"added {added:,} synthetic patients to {db.describe(settings.database_url)}")
     return 0
 
 
-async def _migrate(settings: Settings) -> bool:
-    """Bring the schema to head so the command works on a fresh machine."""
-    try:
-        await db.upgrade_async(settings.database_url)
-    except DATABASE_ERRORS as exc:
-        print(
-            f"error: cannot use the database {db.describe(settings.database_url)}: "
-            f"{_first_line(exc)}; check DATABASE_URL",
-            file=sys.stderr,
-        )
-        return False
-    return True
+def _database_failed(settings: Settings, exc: BaseException, outcome: str) -> None:
+    print(
+        f"error: the database {db.describe(settings.database_url)} failed "
+        f"({_first_line(exc)}); {outcome}; check DATABASE_URL and that the server is up",
+        file=sys.stderr,
+    )
 
 
 def _first_line(exc: BaseException) -> str:
