@@ -50,6 +50,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, record)
+    # Let SQLAlchemy, not the sqlite3 module, say when a transaction begins (below): the
+    # module's own handling starts one only at the first write, so reads and DDL before it
+    # would run outside the transaction.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # IMMEDIATE takes the write lock at BEGIN, so a read-then-write transaction waits for
+    # another writer (busy_timeout) instead of failing when it tries to write.
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
 def make_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -57,7 +72,8 @@ def make_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
@@ -83,9 +99,22 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction: committed on success, rolled back on any error."""
+        """A session in one transaction: committed on success, rolled back on any error.
+
+        On SQLite it holds the write lock from the start (BEGIN IMMEDIATE); use `read()` for
+        work that only reads, so that it never waits for a writer.
+        """
+        async with self.sessions() as session, session.begin():
+            if self.dialect == "sqlite":
+                await session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reading (one snapshot, rolled back at the end)."""
         async with self.sessions() as session, session.begin():
             yield session
+            await session.rollback()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -18,6 +18,8 @@ def fold(text: str | None) -> str:
     """'  José  ÁLVAREZ ' → 'jose alvarez'."""
     if not text:
         return ""
+    if text.isascii():  # most names and every email: no accents to fold
+        return _SPACES.sub(" ", text.lower()).strip()
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return _SPACES.sub(" ", stripped.casefold()).strip()
