@@ -26,3 +26,27 @@ async def test_sqlite_is_configured_for_a_service(db: Database) -> None:
         assert (await connection.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
         assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
         assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() >= 5000
+
+
+async def test_concurrent_read_then_write_transactions_both_succeed(database_url: str) -> None:
+    """Two writers that read first: the second waits for the first instead of failing."""
+    import asyncio
+
+    from services.models import AppSecret
+
+    first, second = Database(database_url), Database(database_url)
+
+    async def read_then_write(db: Database, name: str) -> None:
+        async with db.transaction() as session:
+            await session.execute(text("SELECT count(*) FROM app_secrets"))
+            await asyncio.sleep(0.2)
+            session.add(AppSecret(name=name, value="x"))
+
+    try:
+        await asyncio.gather(read_then_write(first, "a"), read_then_write(second, "b"))
+        async with first.read() as session:
+            names = (await session.execute(text("SELECT name FROM app_secrets"))).scalars()
+            assert sorted(names) == ["a", "b"]
+    finally:
+        await first.dispose()
+        await second.dispose()
