@@ -238,6 +238,10 @@ class DeliveryEngine:
                                    now=self.clock())
 
     async def _emit(self, events: Sequence[CampaignEvent]) -> None:
+        for event in events:
+            level = logging.WARNING if event.event in {"missed", "failed"} else logging.INFO
+            log.log(level, "campaign %s %s%s", event.campaign_id, event.event,
+                    f": {event.reason}" if event.reason else "")
         if not self.on_event:
             return
         for event in events:
