@@ -9,12 +9,15 @@ import signal
 import sys
 from typing import Any
 
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
 from bot import db as database
 from bot import server
 from bot.context import AppContext
 from bot.scheduler import CampaignScheduler
 from bot.senders import build_engine
 from bot.settings import Settings
+from bot.slack_app import build_slack_app
 from services import segments
 from services.tokens import load_signer
 
@@ -84,9 +87,18 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     async with db.transaction() as session:
         signer = await load_signer(session)
     context = AppContext(settings=settings, db=db, signer=signer)
+    schedulers: list[CampaignScheduler] = []  # the sender is woken once it exists
+
+    def poke() -> None:
+        for scheduler in schedulers:
+            scheduler.poke()
+
+    slack = build_slack_app(settings, db, signer=signer, engine_poke=poke) if (
+        settings.slack_enabled) else None
     try:
         runner = await server.start(
-            server.build_web_app(context), host=args.host, port=settings.port
+            server.build_web_app(context, slack=None if settings.socket_mode else slack),
+            host=args.host, port=settings.port,
         )
     except OSError as exc:
         await db.dispose()
@@ -99,6 +111,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         engine, sweep_seconds=max(0.5, settings.scheduler_sweep.total_seconds())
     )
     await scheduler.start()
+    schedulers.append(scheduler)
+    socket_mode = None
+    if slack is not None and settings.socket_mode:
+        socket_mode = AsyncSocketModeHandler(slack, settings.slack_app_token)
+        await socket_mode.connect_async()
+        log.info("Slack: connected in Socket Mode")
     log.info("campaign-bot is running (sender %s); press Ctrl-C to stop", engine.sender_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,6 +126,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await stop.wait()
     finally:
         log.info("stopping")
+        if socket_mode is not None:
+            await socket_mode.close_async()
         scheduler.stop()
         await engine.stop()
         await runner.cleanup()
