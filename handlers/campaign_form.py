@@ -35,7 +35,9 @@ from services.errors import ValidationFailed
 from services.models import ModalDraft
 
 log = logging.getLogger(__name__)
-DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=10)
+# The submission must be answered within Slack's 3 s (errors go in the ack): a slow download
+# is an error the user can act on (attach it again), not a timed-out modal.
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
 class DownloadFailed(Exception):
