@@ -4,6 +4,7 @@ listeners the Bolt app registers (every command and event both ways)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = ROOT.parent / "shared" / "slack-manifest-schema"
+# Slack's published schema, as the steering repo ships it beside this one (../shared/).
+SCHEMAS = Path(os.environ.get("SLACK_MANIFEST_SCHEMA_DIR")
+               or ROOT.parent / "shared" / "slack-manifest-schema")
 REMOTE = "https://raw.githubusercontent.com/slackapi/manifest-schema/v0.5.0/schemas/"
 SCOPES = ["commands", "chat:write", "users:read", "users:read.email", "files:read",
           "files:write"]
@@ -30,7 +33,11 @@ def manifest() -> dict[str, Any]:
 
 
 def _schema(name: str) -> dict[str, Any]:
-    return json.loads((SCHEMAS / name).read_text())
+    path = SCHEMAS / name
+    if not path.exists():
+        pytest.skip(f"Slack's manifest schema is not at {SCHEMAS} (it ships in ../shared/; "
+                    "or set SLACK_MANIFEST_SCHEMA_DIR)")
+    return json.loads(path.read_text())
 
 
 def test_manifest_validates_against_slacks_schema(manifest: dict[str, Any]) -> None:
