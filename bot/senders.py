@@ -67,6 +67,7 @@ async def build_engine(
         email_from=settings.email_from or FILE_SENDER,
         postal_address=settings.clinic_postal_address or FILE_POSTAL_ADDRESS,
         clinic_name=settings.clinic_name,
+        tracking=settings.email_tracking,
     )
     sms = SmsDriver(
         sender=sms_sender(settings),

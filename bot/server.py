@@ -11,7 +11,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from bot.context import CONTEXT, AppContext
-from handlers import health, media
+from handlers import health, media, tracking, unsubscribe, webhooks
 
 SLACK_EVENTS_PATH = "/slack/events"
 
@@ -59,6 +59,9 @@ def build_web_app(context: AppContext, *, slack: AsyncApp | None = None) -> web.
     app[CONTEXT] = context
     health.register(app)
     media.register(app)
+    webhooks.register(app)
+    unsubscribe.register(app)
+    tracking.register(app)
     if slack is not None:
         app.router.add_post(SLACK_EVENTS_PATH, slack_endpoint(
             slack, context.settings.slack_signing_secret or ""))

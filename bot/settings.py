@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     email_from: OptionalStr = None
     clinic_postal_address: OptionalStr = None
     clinic_name: str = "Our clinic"
+    email_tracking: bool = True
 
     sms_backend: Annotated[Literal["twilio", "file"] | None, BeforeValidator(_blank_to_none)] = None
     twilio_account_sid: OptionalStr = None

@@ -11,6 +11,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.context import Notifier
 from bot.db import Database
 from bot.settings import Settings
 from handlers import (
@@ -40,7 +41,7 @@ def web_client(settings: Settings) -> AsyncWebClient:
 
 def build_slack_app(
     settings: Settings, db: Database, *, signer: TokenSigner | None = None,
-    engine_poke: Callable[[], None] | None = None,
+    engine_poke: Callable[[], None] | None = None, notifier: Notifier | None = None,
 ) -> AsyncApp:
     """The Bolt app for `settings` (Slack must be configured: SLACK_BOT_TOKEN set)."""
     if not settings.slack_bot_token:
@@ -53,7 +54,8 @@ def build_slack_app(
         process_before_response=False,
         logger=logging.getLogger("campaign_bot.slack"),
     )
-    slack_deps = SlackDeps(settings=settings, db=db, signer=signer, engine_poke=engine_poke)
+    slack_deps = SlackDeps(settings=settings, db=db, signer=signer, engine_poke=engine_poke,
+                           notifier=notifier)
 
     @app.middleware
     async def add_deps(context: AsyncBoltContext, next: Callable[[], Awaitable[Any]]) -> Any:

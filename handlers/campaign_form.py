@@ -31,6 +31,7 @@ from modals.common import Metadata
 from services import campaigns, drafts, notices
 from services.attachments import AttachmentInput, too_large_text
 from services.campaign_validation import CampaignInput
+from services.delivery.ledger import CampaignEvent
 from services.errors import ValidationFailed
 from services.models import ModalDraft
 
@@ -181,6 +182,8 @@ async def on_confirm(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
             await campaign_list.announce(d, client, campaign.id, user_id=user)
         except Exception as exc:  # acknowledged already: report it ourselves
             await on_error(exc, body, client, None)
+        if d.notifier is not None and not campaign.send_now:  # the engine reports the rest
+            await d.notifier.campaign_event(CampaignEvent(campaign.id, "scheduled"))
 
 
 @acknowledged

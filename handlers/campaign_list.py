@@ -14,9 +14,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from handlers.errors import acknowledged
 from handlers.slack_support import SlackDeps, deps, tell, user_id_of
 from modals import ids
-from modals.messages import created_message, list_message, snapshot_message
-from services import campaigns, notices
-from services.models import Campaign, CampaignStatus
+from modals.messages import created_message, list_message
+from modals.snapshot import snapshot_message
+from services import access, campaigns, notices, snapshot
+from services.delivery.ledger import CampaignEvent
+from services.models import AccessLevel, Campaign, CampaignStatus
 
 log = logging.getLogger(__name__)
 NOT_THERE = {"not_in_channel", "channel_not_found", "is_archived"}
@@ -82,9 +84,9 @@ async def show_list(d: SlackDeps, client: AsyncWebClient, *, user_id: str,
 async def post_stats(d: SlackDeps, client: AsyncWebClient, *, user_id: str,
                      channel_id: str | None, campaign_id: int, ephemeral: bool = False) -> None:
     async with d.db.sessions() as session:
-        data = await campaigns.summary(session=session, campaign_id=campaign_id,
-                                       actor=d.actor(user_id))
-    text, blocks = snapshot_message(data)
+        await access.require(session, d.actor(user_id), AccessLevel.read, "see campaigns")
+        snap = await snapshot.take(session, campaign_id)
+    text, blocks = snapshot_message(snap)
     if ephemeral or not channel_id:
         await tell(client, user_id, text, channel=channel_id, blocks=blocks)
         return
@@ -119,6 +121,9 @@ async def on_cancel(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient,
                                           reason=f"cancelled in Slack by {user}")
     d.poke()
     await refresh(d, client, campaign)
+    if d.notifier is not None:
+        await d.notifier.campaign_event(CampaignEvent(campaign.id, "cancelled",
+                                                      campaign.status_reason))
     await tell(client, user, f"Campaign #{campaign.id} is cancelled.", channel=_channel(body))
 
 

@@ -11,6 +11,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.context import Notifier
 from bot.db import Database
 from bot.settings import Settings
 from services import access
@@ -30,6 +31,7 @@ class SlackDeps:
     db: Database
     signer: TokenSigner | None = None
     engine_poke: Callable[[], None] | None = None
+    notifier: Notifier | None = None  # the live message and notification rules (bot/notifier)
     _timezones: dict[str, str | None] = field(default_factory=dict)
 
     def actor(self, user_id: str) -> Actor:

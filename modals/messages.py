@@ -110,31 +110,6 @@ def list_message(campaigns: Sequence[Campaign]) -> tuple[str, list[Block]]:
     return f"{len(campaigns)} campaigns", blocks
 
 
-def snapshot_message(data: dict[str, Any]) -> tuple[str, list[Block]]:
-    """A campaign's performance snapshot from `campaigns.summary` (counts only)."""
-    lines = [
-        f"{STATUS_EMOJI.get(data['status'], '')} *Campaign #{data['id']}: "
-        f"{escape(data['subject'])}* — {data['status']}",
-        f"*Audience:* {data['audience']:,} patients",
-    ]
-    for channel, counts in data["deliveries"].items():
-        parts = [f"{name} {counts[name]:,}" for name in
-                 ("sent", "delivered", "failed", "skipped", "pending", "unknown", "opened",
-                  "clicked") if counts.get(name)]
-        lines.append(f"*{channel}:* " + (", ".join(parts) or "nothing yet"))
-        for kind in ("skipped_reasons", "failed_reasons"):
-            reasons = counts.get(kind) or {}
-            if reasons:
-                shown = ", ".join(f"{escape(r)}: {n:,}" for r, n in list(reasons.items())[:5])
-                lines.append(f"   {kind.split('_')[0]}: {shown}")
-    for key, label in (("send_at", "Scheduled"), ("started_at", "Started"),
-                       ("finished_at", "Finished")):
-        if data.get(key):
-            lines.append(f"*{label}:* {slack_time(datetime.fromisoformat(data[key]))}")
-    text = f"Campaign #{data['id']} snapshot: {data['status']}"
-    return text, [section("\n".join(lines))]
-
-
 def headline(deliveries: dict[str, Any]) -> str:
     """`email: 120 sent, 3 failed, 40 opened · sms: …` (only the counts that are not zero)."""
     parts = []

@@ -14,11 +14,12 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from bot import db as database
 from bot import server
 from bot.context import AppContext
+from bot.notifier import SlackNotifier
 from bot.scheduler import CampaignScheduler
 from bot.senders import build_engine
 from bot.settings import Settings
 from bot.slack_app import build_slack_app
-from services import segments
+from services import rules, segments
 from services.tokens import load_signer
 
 log = logging.getLogger("campaign_bot")
@@ -71,10 +72,21 @@ def describe_startup(settings: Settings) -> list[str]:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    # From the first moment: a stop request during start-up still ends in an orderly stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         clinic_segments = segments.load_segments_file(settings.segments_file)
     except segments.SegmentsFileError as exc:
         print(f"configuration error: SEGMENTS_FILE {exc}; fix the file or point SEGMENTS_FILE "
+              "elsewhere", file=sys.stderr)
+        return 2
+    try:
+        clinic_rules = rules.load_rules_file(settings.rules_file)
+    except rules.RulesFileError as exc:
+        print(f"configuration error: RULES_FILE {exc}; fix the file or point RULES_FILE "
               "elsewhere", file=sys.stderr)
         return 2
     for line in describe_startup(settings):
@@ -84,17 +96,25 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     async with db.transaction() as session:
         await segments.sync_segments(session, clinic_segments)
     log.info("segments: %d from %s", len(clinic_segments), settings.segments_file)
+    log.info("notification rules: %s", f"{len(clinic_rules)} from {settings.rules_file}"
+             if clinic_rules is not None else "the defaults (no RULES_FILE)")
     async with db.transaction() as session:
         signer = await load_signer(session)
+    notifier = SlackNotifier(db=db, settings=settings, rule_list=clinic_rules) if (
+        settings.slack_enabled) else None
     context = AppContext(settings=settings, db=db, signer=signer)
+    if notifier is not None:
+        context.notifier = notifier
     schedulers: list[CampaignScheduler] = []  # the sender is woken once it exists
 
     def poke() -> None:
         for scheduler in schedulers:
             scheduler.poke()
 
-    slack = build_slack_app(settings, db, signer=signer, engine_poke=poke) if (
-        settings.slack_enabled) else None
+    slack = build_slack_app(settings, db, signer=signer, engine_poke=poke,
+                            notifier=notifier) if settings.slack_enabled else None
+    if notifier is not None and slack is not None:
+        notifier.attach(slack.client)
     try:
         runner = await server.start(
             server.build_web_app(context, slack=None if settings.socket_mode else slack),
@@ -106,6 +126,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
               "set PORT to a free port", file=sys.stderr)
         return 2
     engine = await build_engine(settings, db, signer=signer)
+    engine.on_event = context.notifier.campaign_event
+    engine.on_progress = context.notifier.deliveries_changed
     await engine.start()
     scheduler = CampaignScheduler(
         engine, sweep_seconds=max(0.5, settings.scheduler_sweep.total_seconds())
@@ -118,10 +140,6 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await socket_mode.connect_async()
         log.info("Slack: connected in Socket Mode")
     log.info("campaign-bot is running (sender %s); press Ctrl-C to stop", engine.sender_id)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -130,6 +148,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             await socket_mode.close_async()
         scheduler.stop()
         await engine.stop()
+        if notifier is not None:
+            await notifier.close()
         await runner.cleanup()
         await db.dispose()
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.delivery.email_message import Attachment, CampaignMail
+from services.delivery.email_message import Attachment, CampaignMail, links_in
 from services.delivery.email_sender import EmailSender
 from services.delivery.engine import CampaignContent, Job
 from services.delivery.outcomes import Outcome, SendResult
@@ -17,6 +17,8 @@ from services.tokens import TokenSigner
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe"
 ATTACHMENT_PURPOSE = "attachment"
+OPEN_PURPOSE = "open"
+CLICK_PURPOSE = "click"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,13 @@ class Links:
 
     def attachment(self, campaign_id: int) -> str:
         return f"{self.base_url}/media/{self.signer.sign(ATTACHMENT_PURPOSE, campaign_id)}"
+
+    def open_pixel(self, delivery_id: int) -> str:
+        return f"{self.base_url}/t/o/{self.signer.sign(OPEN_PURPOSE, delivery_id)}"
+
+    def click(self, delivery_id: int, link_index: int) -> str:
+        """The tracked form of the campaign message's link number `link_index` (`links_in`)."""
+        return f"{self.base_url}/t/c/{self.signer.sign(CLICK_PURPOSE, delivery_id, link_index)}"
 
 
 def _failed(reason: str) -> SendResult:
@@ -85,7 +94,9 @@ class EmailDriver:
     clinic_name: str
     concurrency: int = 8  # twice the SMTP pool: the next message renders while one sends
     channel: DeliveryChannel = DeliveryChannel.email
+    tracking: bool = True  # EMAIL_TRACKING; only with a public base URL a patient can reach
     _mails: dict[int, CampaignMail] = field(default_factory=dict)
+    _links: dict[int, list[str]] = field(default_factory=dict)
 
     def address_of(self, patient: Patient) -> str | None:
         return patient.email
@@ -107,9 +118,19 @@ class EmailDriver:
             self._mails[content.id] = mail
         return mail
 
+    def _tracked_links(self, delivery_id: int, content: CampaignContent) -> dict[str, str]:
+        """The message's own links → their signed click links (numbered as `links_in`)."""
+        links = self._links.get(content.id)
+        if links is None:
+            if len(self._links) > 16:
+                self._links.clear()
+            links = self._links[content.id] = links_in(content.message)
+        return {url: self.links.click(delivery_id, i) for i, url in enumerate(links)}
+
     def render(self, job: Job, message_id: str) -> tuple[bytes, ...]:
         mail = self.mail_for(job.campaign)
         values = variables_for(job.patient, self.clinic_name)
+        track = self.tracking and self.links.public
         return mail.render_chunks(
             to=job.address,
             message_id=message_id,
@@ -117,6 +138,8 @@ class EmailDriver:
             text_body=render_text(job.campaign.message, values),
             unsubscribe_url=self.links.unsubscribe(job.delivery_id),
             preview_text=job.campaign.preview_text,
+            link_targets=self._tracked_links(job.delivery_id, job.campaign) if track else None,
+            open_pixel_url=self.links.open_pixel(job.delivery_id) if track else None,
         )
 
     async def send(self, job: Job) -> SendResult:

@@ -23,6 +23,7 @@ import mimetypes
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr, parseaddr
@@ -67,25 +68,37 @@ def make_message_id(domain: str) -> str:
     return f"<{time.time_ns():x}.{secrets.token_hex(8)}@{domain}>"
 
 
-def text_to_html(text: str) -> Markup:
-    """Plain text as safe HTML: escaped; blank lines → <p>, newlines → <br>, bare URLs → links."""
+def text_to_html(text: str, link_targets: Mapping[str, str] | None = None) -> Markup:
+    """Plain text as safe HTML: escaped; blank lines → <p>, newlines → <br>, bare URLs → links.
+
+    `link_targets` maps a URL of the text to the href its link gets instead (click tracking);
+    the link's visible text stays the original URL.
+    """
     text = _lf(text).strip()
+    targets = link_targets or {}
     paragraphs = []
     for paragraph in _PARAGRAPH_BREAK.split(text):
         if paragraph.strip():
-            lines = "<br>\n".join(_linkify(line) for line in paragraph.split("\n"))
+            lines = "<br>\n".join(_linkify(line, targets) for line in paragraph.split("\n"))
             paragraphs.append(f'<p style="margin:0 0 1em 0;">{lines}</p>')
     return Markup("\n".join(paragraphs))
 
 
-def _linkify(line: str) -> str:
+def links_in(text: str) -> list[str]:
+    """The distinct http(s) URLs of a text, in order of first appearance, as `text_to_html`
+    links them (click tracking numbers them by this order)."""
+    found = (_trim_url(match.group()) for match in _URL.finditer(_lf(text)))
+    return list(dict.fromkeys(url for url in found if url))
+
+
+def _linkify(line: str, targets: Mapping[str, str]) -> str:
     """Escape one line of text, turning each bare http(s) URL into a link."""
     out: list[str] = []
     position = 0
     for match in _URL.finditer(line):
         url = _trim_url(match.group())
         out.append(escape(line[position : match.start()]))
-        out.append(f'<a href="{escape(url)}">{escape(url)}</a>')
+        out.append(f'<a href="{escape(targets.get(url, url))}">{escape(url)}</a>')
         position = match.start() + len(url)
     out.append(escape(line[position:]))
     return "".join(out)
@@ -311,12 +324,15 @@ class CampaignMail:
         unsubscribe_mailto: str | None = None,
         html_body: Markup | None = None,
         preview_text: str | None = None,
+        link_targets: Mapping[str, str] | None = None,
+        open_pixel_url: str | None = None,
     ) -> bytes:
         """One patient's complete email: RFC 5322 bytes, CRLF line endings, 7-bit clean."""
         return b"".join(self.render_chunks(
             to=to, message_id=message_id, subject=subject, text_body=text_body,
             unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
-            html_body=html_body, preview_text=preview_text))
+            html_body=html_body, preview_text=preview_text, link_targets=link_targets,
+            open_pixel_url=open_pixel_url))
 
     def render_chunks(
         self,
@@ -329,11 +345,15 @@ class CampaignMail:
         unsubscribe_mailto: str | None = None,
         html_body: Markup | None = None,
         preview_text: str | None = None,
+        link_targets: Mapping[str, str] | None = None,
+        open_pixel_url: str | None = None,
     ) -> tuple[bytes, ...]:
         """`render()` unjoined: the patient's part, then the campaign's shared `WireChunk`.
 
         Senders take either form; this one spares a copy of the attachment per message and
         lets the SMTP sender skip scanning it (it was checked once, when the campaign began).
+        Tracking (HTML part only; the plain text keeps the original links): `link_targets`
+        rewrites the links of `text_body`, `open_pixel_url` adds a 1×1 image.
         """
         if html_body is not None and not isinstance(html_body, Markup):
             raise TypeError("html_body must be markupsafe.Markup (escaped HTML); pass text_body")
@@ -347,7 +367,10 @@ class CampaignMail:
             mailto = mailto if mailto.startswith("mailto:") else f"mailto:{mailto}"
             unsubscribe += f",\r\n <{mailto}>"
         body_open = self._qp_body_open if preview_text is None else self._body_open(preview_text)
-        content = html_body if html_body is not None else text_to_html(text_body)
+        content = html_body if html_body is not None else text_to_html(text_body, link_targets)
+        if open_pixel_url:
+            pixel = f'<img src="{escape(open_pixel_url)}" width="1" height="1" alt="">'
+            content = Markup(f"{content}\r\n{pixel}")
         link = f'<a href="{escape(url)}" style="color:#666666;">{escape(url)}</a>'
         personal = b"".join((
             self._from,

@@ -96,6 +96,7 @@ class EngineConfig:
 
 
 EventListener = Callable[[CampaignEvent], Awaitable[None]]
+ProgressListener = Callable[[set[int]], Awaitable[None]]
 
 
 @dataclass
@@ -104,6 +105,8 @@ class DeliveryEngine:
     config: EngineConfig
     drivers: Sequence[ChannelDriver]
     on_event: EventListener | None = None
+    # Told after each recorded batch which campaigns moved (the live message; it throttles).
+    on_progress: ProgressListener | None = None
     sender_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
                                                    f"{uuid.uuid4().hex[:8]}")
     clock: Callable[[], datetime] = utcnow
@@ -208,6 +211,8 @@ class DeliveryEngine:
         async with self.db.transaction() as session:
             cancelled = await ledger.skip_cancelled(session, now=self.clock())
         await self._finish(cancelled)
+        if cancelled:
+            await self._progress(set(cancelled))
         self._wake.set()  # workers: there may be new deliveries
 
     async def heartbeat_now(self) -> None:
@@ -300,8 +305,17 @@ class DeliveryEngine:
                 log.error("%s channel down: %s (%d remaining deliveries failed)",
                           driver.channel, channel_down, failed)
             done = await ledger.without_open_deliveries(session, campaign_ids=campaign_ids)
+        await self._progress(campaign_ids)
         await self._finish(done)
         return True
+
+    async def _progress(self, campaign_ids: set[int]) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            await self.on_progress(campaign_ids)
+        except Exception:
+            log.exception("reporting progress of campaigns %s failed", sorted(campaign_ids))
 
     async def _prepare(
         self, session: object, driver: ChannelDriver, claimed: list[Claimed], now: datetime
