@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from typing import Any
 
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_sdk.errors import SlackApiError
 
 from bot import db as database
 from bot import server
@@ -71,6 +73,26 @@ def describe_startup(settings: Settings) -> list[str]:
     ]
 
 
+async def _app_token_problem(handler: AsyncSocketModeHandler) -> str | None:
+    """Why Slack refuses the app-level token (a configuration error), or None. Slack being
+    unreachable is not one: the connection is retried once the bot runs."""
+    try:
+        # Kept for the first connection (Slack's URL is good for one connection).
+        handler.client.wss_uri = await handler.client.issue_new_wss_url()
+    except SlackApiError as exc:
+        error = exc.response.get("error", "refused")
+        return (f"was refused by Slack ({error}); generate an App-Level Token with the "
+                "connections:write scope (Basic Information → App-Level Tokens)")
+    except Exception as exc:
+        log.warning("Slack is not reachable yet (%s); Socket Mode will keep trying", exc)
+    return None
+
+
+async def _connect(handler: AsyncSocketModeHandler) -> None:
+    await handler.connect_async()
+    log.info("Slack: connected in Socket Mode")
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     # From the first moment: a stop request during start-up still ends in an orderly stop.
     stop = asyncio.Event()
@@ -115,6 +137,15 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                             notifier=notifier) if settings.slack_enabled else None
     if notifier is not None and slack is not None:
         notifier.attach(slack.client)
+    socket_mode = None
+    if slack is not None and settings.socket_mode:
+        socket_mode = AsyncSocketModeHandler(slack, settings.slack_app_token)
+        problem = await _app_token_problem(socket_mode)
+        if problem:
+            await socket_mode.close_async()
+            await db.dispose()
+            print(f"configuration error: SLACK_APP_TOKEN {problem}", file=sys.stderr)
+            return 2
     try:
         runner = await server.start(
             server.build_web_app(context, slack=None if settings.socket_mode else slack),
@@ -134,16 +165,18 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     )
     await scheduler.start()
     schedulers.append(scheduler)
-    socket_mode = None
-    if slack is not None and settings.socket_mode:
-        socket_mode = AsyncSocketModeHandler(slack, settings.slack_app_token)
-        await socket_mode.connect_async()
-        log.info("Slack: connected in Socket Mode")
+    # Connecting may wait for Slack (it retries while Slack is unreachable): a stop request
+    # must still be heard meanwhile.
+    connecting = asyncio.create_task(_connect(socket_mode)) if socket_mode else None
     log.info("campaign-bot is running (sender %s); press Ctrl-C to stop", engine.sender_id)
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
         if socket_mode is not None:
             await socket_mode.close_async()
         scheduler.stop()

@@ -66,12 +66,12 @@ class Bot:
 
 
 @contextlib.asynccontextmanager
-async def socket_mode_bot(db: Database, tmp_path: Path,
-                          slack: SocketModeSlack) -> AsyncIterator[Bot]:
+async def socket_mode_bot(db: Database, tmp_path: Path, slack: SocketModeSlack,
+                          app_token: str | None = None) -> AsyncIterator[Bot]:
     """`campaign-bot run` in Socket Mode: app token set, no signing secret."""
     env = clean_env(
         PORT=str(free_port()), DATABASE_URL=db.url, OUTBOX_DIR=str(tmp_path / "outbox"),
-        SLACK_BOT_TOKEN=slack.token, SLACK_APP_TOKEN=slack.app_token,
+        SLACK_BOT_TOKEN=slack.token, SLACK_APP_TOKEN=app_token or slack.app_token,
         SLACK_API_URL=slack.url, EMAIL_BACKEND="file", SMS_BACKEND="file",
         QUIET_HOURS="off", LOG_LEVEL="INFO",
     )
@@ -192,3 +192,18 @@ async def test_a_ticket_is_good_for_one_connection() -> None:
         await slack.wait_closed(slack.connections[0], seconds=5)
         assert envelope.ack == {"envelope_id": envelope.envelope_id, "payload": {"x": 1}}
         assert len(slack.socket_errors) == 2  # a payload it does not accept; unknown id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_refused_app_token_stops_start_up_with_the_fix(
+    db: Database, tmp_path: Path
+) -> None:
+    async with SocketModeSlack() as slack, \
+            socket_mode_bot(db, tmp_path, slack, app_token="xapp-revoked") as bot:
+        code = await asyncio.wait_for(bot.process.wait(), timeout=60)
+        output = bot.output()
+    assert code == 2, output
+    [line] = [x for x in output.splitlines() if x.startswith("configuration error")]
+    assert "SLACK_APP_TOKEN" in line and "connections:write" in line, output
+    assert "Traceback" not in output
