@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 
 class CampaignBotError(Exception):
@@ -15,6 +16,17 @@ class ValidationFailed(CampaignBotError):
     def __init__(self, errors: Mapping[str, str]) -> None:
         self.errors = dict(errors)
         super().__init__("; ".join(f"{field}: {reason}" for field, reason in self.errors.items()))
+
+
+class ConfigFileError(CampaignBotError):
+    """A clinic's file (segments, rules) that cannot be used: the file, the line, the reason."""
+
+    def __init__(self, path: Path | str, line: int | None, reason: str) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.reason = reason
+        where = f"{path}, line {line}" if line else str(path)
+        super().__init__(f"{where}: {reason}")
 
 
 class PermissionDenied(CampaignBotError):

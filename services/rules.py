@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from services.errors import CampaignBotError
+from services.errors import CampaignBotError, ConfigFileError
 from services.snapshot import NUMBER_NAMES
 
 CAMPAIGN_EVENTS = ("scheduled", "started", "completed", "failed", "cancelled", "missed")
@@ -50,15 +50,8 @@ class RuleError(CampaignBotError):
         super().__init__(reason)
 
 
-class RulesFileError(CampaignBotError):
+class RulesFileError(ConfigFileError):
     """A rules file that cannot be used: names the file, the line and the reason."""
-
-    def __init__(self, path: Path | str, line: int | None, reason: str) -> None:
-        self.path = Path(path)
-        self.line = line
-        self.reason = reason
-        where = f"{path}, line {line}" if line else str(path)
-        super().__init__(f"{where}: {reason}")
 
 
 # --- the condition language ----------------------------------------------------------------

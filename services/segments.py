@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy import ColumnElement, Select, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.errors import CampaignBotError, NotFound
+from services.errors import ConfigFileError, NotFound
 from services.models import Patient, PatientTag, Segment, utcnow
 from services.segment_rules import Definition, RuleError, line_of, parse_conditions, scalar
 from services.segment_rules import where_clause as compile_where
@@ -51,15 +51,8 @@ BUILTIN_YAML = """\
 """
 
 
-class SegmentsFileError(CampaignBotError):
+class SegmentsFileError(ConfigFileError):
     """A segments file that cannot be used: names the file, the line and the reason."""
-
-    def __init__(self, path: Path | str, line: int | None, reason: str) -> None:
-        self.path = Path(path)
-        self.line = line
-        self.reason = reason
-        where = f"{path}, line {line}" if line else str(path)
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass(frozen=True)
