@@ -90,9 +90,11 @@ class EngineConfig:
     heartbeat_interval: float = 5.0
     stale_after: timedelta = timedelta(seconds=30)
     max_batch: int = 100
-    # Two batches per channel overlap, so the connections stay busy while one batch is being
-    # recorded and the next claimed (a crash then leaves at most two batches `unknown`).
-    batches_in_flight: int = 2
+    # Batches per channel overlap, so the connections stay busy while one batch is being
+    # recorded and the next claimed (a crash then leaves at most that many batches, each
+    # about half a second of sending, `unknown`). Three measured best for email (0.76 → 0.84
+    # of smtp-source's rate); the rate limiter keeps SMS to SMS_RATE whatever the overlap.
+    batches_in_flight: int = 3
 
 
 EventListener = Callable[[CampaignEvent], Awaitable[None]]
