@@ -28,7 +28,7 @@ from aiosmtplib import (
 from services.delivery.email_failures import classify_reply, one_line, open_failure, reply_text
 from services.delivery.email_outbox import FileEmailSender
 from services.delivery.email_wire import Message, WireChunk, bare_address, wire_chunks
-from services.delivery.outcomes import Outcome, SendResult
+from services.delivery.outcomes import ChannelGate, Outcome, SendResult
 
 __all__ = ["EmailSender", "FileEmailSender", "Message", "SmtpEmailSender"]
 
@@ -117,6 +117,7 @@ class SmtpEmailSender:
         for slot in self._slots:
             self._idle.put_nowait(slot)
         self.connections_opened = 0
+        self._gate = ChannelGate()
 
     @property
     def _where(self) -> str:
@@ -133,13 +134,16 @@ class SmtpEmailSender:
         payload = wire_chunks(message)
         slot = await self._idle.get()  # LIFO: the most recently used, still-open connection
         try:
+            refused = self._gate.refusal()  # checked with the slot: others may have just learnt
+            if refused is not None:
+                return refused
             result = await self._send_on(slot, sender, recipient, payload, message_id)
         except BaseException:  # cancelled mid-conversation: the connection's state is unknown
             slot.discard()
             raise
         finally:
             self._idle.put_nowait(slot)
-        return result
+        return self._gate.note(result)
 
     async def _send_on(
         self, slot: _Slot, sender: str, recipient: str, payload: list[bytes], message_id: str

@@ -120,6 +120,8 @@ class DeliveryEngine:
             d.channel: RateLimiter(self.config.rates.get(d.channel, 1.0)) for d in self.drivers
         }
         self._contents: dict[int, CampaignContent] = {}
+        self._down: dict[DeliveryChannel, list[str]] = {d.channel: [] for d in self.drivers}
+        self._in_flight: dict[DeliveryChannel, int] = {d.channel: 0 for d in self.drivers}
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -289,7 +291,13 @@ class DeliveryEngine:
             jobs, early = await self._prepare(session, driver, claimed, now)
             await ledger.record(session, early, now=now)
         # The claim is committed: from here a crash leaves these deliveries `unknown`.
-        outcomes, results, channel_down = await self._send_all(driver, jobs)
+        self._in_flight[driver.channel] += 1
+        try:
+            outcomes, results, channel_down = await self._send_all(driver, jobs)
+        finally:
+            self._in_flight[driver.channel] -= 1
+            if not self._in_flight[driver.channel]:  # the next batch tries the channel again
+                self._down[driver.channel].clear()
         now = self.clock()
         campaign_ids = {c.campaign_id for c in claimed}
         async with self.db.transaction() as session:
@@ -378,7 +386,9 @@ class DeliveryEngine:
         """Send a batch with the driver's concurrency under the channel's rate limit."""
         limiter = self._limiters[driver.channel]
         semaphore = asyncio.Semaphore(driver.concurrency)
-        down: list[str] = []
+        # Shared by the batches in flight on this channel: once one learns the channel is
+        # down (a refused login), none of them tries another message.
+        down = self._down[driver.channel]
         results: list[SendResult | None] = [None] * len(jobs)
 
         async def one(index: int, job: Job) -> None:

@@ -13,6 +13,7 @@ Senders classify provider errors here, once; the engine only reads the outcome:
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 
 
@@ -36,3 +37,26 @@ class SendResult:
     @classmethod
     def sent(cls, provider_id: str) -> SendResult:
         return cls(Outcome.SENT, provider_id=provider_id)
+
+
+class ChannelGate:
+    """Remembers that a provider refused the channel itself (a rejected login), so that the
+    sends already queued behind the first one fail at once instead of each trying again.
+    It reopens after `hold` seconds: the operator may have fixed the account meanwhile."""
+
+    def __init__(self, hold: float = 60.0) -> None:
+        self.hold = hold
+        self._refusal: SendResult | None = None
+        self._until = 0.0
+
+    def refusal(self) -> SendResult | None:
+        """The refusal to answer with while the gate is shut, else None."""
+        if self._refusal is not None and time.monotonic() < self._until:
+            return self._refusal
+        return None
+
+    def note(self, result: SendResult) -> SendResult:
+        """Shut the gate if `result` says the channel is down; return `result`."""
+        if result.outcome is Outcome.CHANNEL_DOWN:
+            self._refusal, self._until = result, time.monotonic() + self.hold
+        return result

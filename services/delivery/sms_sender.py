@@ -26,7 +26,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from services.delivery.outcomes import Outcome, SendResult
+from services.delivery.outcomes import ChannelGate, Outcome, SendResult
 from services.delivery.sms_text import check_length
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class TwilioSmsSender:
         if bool(from_number) == bool(messaging_service_sid):
             raise ValueError("give exactly one of from_number and messaging_service_sid")
         self.account_sid = account_sid
+        self._gate = ChannelGate()
         self.from_number = from_number
         self.messaging_service_sid = messaging_service_sid
         self.api_url = api_url.rstrip("/")
@@ -183,6 +184,12 @@ class TwilioSmsSender:
 
     async def send(self, *, to: str, body: str) -> SendResult:
         """Hand one SMS to Twilio; classify what happened (see outcomes.py)."""
+        refused = self._gate.refusal()
+        if refused is not None:  # the credentials were just refused: don't ask again per SMS
+            return refused
+        return self._gate.note(await self._send(to=to, body=body))
+
+    async def _send(self, *, to: str, body: str) -> SendResult:
         too_long = check_length(body)
         if too_long:
             return SendResult(Outcome.FAILED, reason=too_long, error_code="21617")
