@@ -421,3 +421,19 @@ async def test_twilio_accepting_then_dropping_the_connection_is_unknown_not_rese
     [row] = await deliveries(db, campaign_id)
     assert row.status == DeliveryStatus.unknown
     assert posts == 1 and accepted == 1
+
+
+def test_the_channel_gate_shuts_on_a_refused_channel_and_reopens() -> None:
+    from services.delivery.outcomes import ChannelGate, Outcome, SendResult
+
+    gate = ChannelGate(hold=0.05)
+    assert gate.refusal() is None
+    gate.note(SendResult(Outcome.FAILED, reason="550 no such user"))  # one patient's problem
+    assert gate.refusal() is None
+    down = SendResult(Outcome.CHANNEL_DOWN, reason="535 login refused")
+    assert gate.note(down) is down
+    assert gate.refusal() is down
+    import time
+
+    time.sleep(0.06)
+    assert gate.refusal() is None
