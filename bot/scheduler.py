@@ -7,6 +7,7 @@ for the next campaign's exact `send_at`, re-armed after every sweep and on `poke
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -29,6 +30,7 @@ class CampaignScheduler:
         self.sweep_seconds = sweep_seconds
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._armed_for: datetime | None = None
+        self._sweeps: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         self._scheduler.add_job(
@@ -42,12 +44,27 @@ class CampaignScheduler:
         )
         self._scheduler.start()
 
-    def stop(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+    async def stop(self, *, grace_seconds: float = 15.0) -> None:
+        """No new runs; let a sweep under way finish (shutting down would cancel it midway)."""
+        if not self._scheduler.running:
+            return
+        self._scheduler.pause()
+        if self._sweeps:
+            await asyncio.wait(set(self._sweeps), timeout=grace_seconds)
+        self._scheduler.shutdown(wait=False)
 
     async def sweep(self) -> None:
         """Start what is due, close cancelled campaigns, and arm the next wake-up."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._sweeps.add(task)
+        try:
+            await self._sweep()
+        finally:
+            if task is not None:
+                self._sweeps.discard(task)
+
+    async def _sweep(self) -> None:
         try:
             await self.engine.tick()
             async with self.engine.db.transaction() as session:

@@ -179,7 +179,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 await connecting
         if socket_mode is not None:
             await socket_mode.close_async()
-        scheduler.stop()
+        await scheduler.stop()
         await engine.stop()
         if notifier is not None:
             await notifier.close()
