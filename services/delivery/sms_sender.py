@@ -14,8 +14,9 @@ import os
 import re
 import secrets
 import threading
+import unicodedata
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,10 @@ _CHANNEL_WIDE = {
 }
 _PHONE = re.compile(r"\+?\d[\d ().-]{5,}\d")
 _SENT_BEFORE = re.compile(r"^Unable to \w+ record: ")
+_CLOCK_SLACK = timedelta(minutes=1)
+# What Twilio's smart encoding may have replaced in a body before storing it.
+_SMART = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                        "\u2013": "-", "\u2014": "-", "\u2026": "...", "\u00a0": " "})
 
 Check = tuple[bool, str]
 
@@ -51,7 +56,10 @@ Check = tuple[bool, str]
 class SmsSender(Protocol):
     """What the delivery engine needs from an SMS backend."""
 
+    can_ask: bool  # whether `find_sent` can tell if an earlier hand-over reached the provider
+
     async def send(self, *, to: str, body: str) -> SendResult: ...
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> SendResult | None: ...
     async def check(self) -> list[Check]: ...
     async def close(self) -> None: ...
 
@@ -64,6 +72,11 @@ def status_callback_url(public_base_url: str | None) -> str | None:
 def _scrub(message: str) -> str:
     """Twilio's words without phone numbers: reasons are counted and shown in Slack."""
     return _PHONE.sub("[number]", _SENT_BEFORE.sub("", message)).strip()
+
+
+def _comparable(body: str) -> str:
+    """A body as Twilio may store it (smart encoding), for matching ours against its list."""
+    return " ".join(unicodedata.normalize("NFKC", body).translate(_SMART).split())
 
 
 def _retry_after(response: Response | None) -> float | None:
@@ -146,9 +159,14 @@ class _TwilioTransport(AsyncTwilioHttpClient):
 class TwilioSmsSender:
     """Sends through Twilio's Messages API with the official client (async, over aiohttp).
 
+    After an answer that leaves it open whether Twilio took a message (a 5xx, a timeout, a
+    dropped connection, a crash), `find_sent` asks Twilio's Messages list before any re-send.
+
     `api_url` (TWILIO_API_URL) replaces the base URL of the two Twilio domains used, `api` and
     `messaging`, so a stand-in must serve both path shapes (/2010-04-01/… and /v1/Services/…).
     """
+
+    can_ask = True
 
     def __init__(
         self,
@@ -208,9 +226,11 @@ class TwilioSmsSender:
         except TwilioServiceException as exc:
             return self._classify(exc.status, exc.code, exc.detail or exc.title)
         except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS: the request never left
-            return SendResult(Outcome.RETRY, reason=f"could not connect to Twilio: {exc}")
+            return SendResult(Outcome.RETRY, reason=f"could not connect to Twilio: {exc}",
+                              unreachable=True)
         except aiohttp.ConnectionTimeoutError:
-            return SendResult(Outcome.RETRY, reason="timed out connecting to Twilio")
+            return SendResult(Outcome.RETRY, reason="timed out connecting to Twilio",
+                              unreachable=True)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # Read timeout, connection dropped, unreadable 2xx: Twilio may have taken it.
             log.warning("SMS outcome unknown: %s: %s", type(exc).__name__, exc)
@@ -223,6 +243,45 @@ class TwilioSmsSender:
         if not message.sid:
             return SendResult(Outcome.UNKNOWN, reason="Twilio accepted the request without a SID")
         return SendResult.sent(message.sid)
+
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> SendResult | None:
+        """Whether Twilio holds this message, sent to `to` at `since` or later: SENT with its
+        SID if it does, None if it certainly does not, UNKNOWN when Twilio cannot be asked.
+
+        The list is filtered by `To` (and `From`), newest first; a message matches on its body
+        (compared after the normalisation Twilio's smart encoding may apply) and on being
+        created no earlier than a minute before `since` (clocks differ). No date filter is
+        sent: Twilio's `DateSent` leaves out messages still queued, which are the ones asked
+        about.
+        """
+        options: dict[str, Any] = {"to": to, "limit": 50, "page_size": 50}
+        if self.from_number:
+            options["from_"] = self.from_number
+        try:
+            messages = await self._client.messages.list_async(**options)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            if exc.status == 401:
+                return SendResult(Outcome.CHANNEL_DOWN, reason=CREDENTIALS_REJECTED,
+                                  error_code="20003")
+            return SendResult(Outcome.UNKNOWN, reason=(
+                f"could not ask Twilio whether the message was sent (it answered {exc.status})"))
+        except TwilioException as exc:  # a page the client could not read ("Unable to fetch")
+            return SendResult(Outcome.UNKNOWN, reason=(
+                f"could not ask Twilio whether the message was sent ({_scrub(str(exc))[:120]})"))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return SendResult(Outcome.UNKNOWN, reason=(
+                f"could not ask Twilio whether the message was sent ({type(exc).__name__})"))
+        wanted = _comparable(body)
+        earliest = since - _CLOCK_SLACK
+        for message in messages:
+            created = message.date_created
+            if created is not None and created < earliest:
+                continue
+            if _comparable(message.body or "") == wanted:
+                log.info("SMS %s found at Twilio after an unclear answer: not sent again",
+                         message.sid)
+                return SendResult.sent(str(message.sid))
+        return None
 
     def _classify(self, status: int, code: int | None, message: str) -> SendResult:
         """Map Twilio's HTTP status and error code to an outcome."""
@@ -355,6 +414,12 @@ class FileSmsSender:
             if os.write(fd, line) != len(line):
                 raise OSError(f"short write to {self.path}")
             os.fsync(fd)
+
+    can_ask = False
+
+    async def find_sent(self, *, to: str, body: str, since: datetime) -> SendResult | None:
+        """The outbox cannot be asked (a failed write leaves `unknown`)."""
+        return SendResult(Outcome.UNKNOWN, reason="the SMS outbox cannot be asked")
 
     async def send(self, *, to: str, body: str) -> SendResult:
         """Append the SMS to the outbox file; SENT with an `SMfile…` id."""

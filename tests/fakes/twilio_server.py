@@ -5,14 +5,20 @@
         tw.fail_next(429, n=2, retry_after=1)   # the next two POSTs get 429 / 20429
         tw.fail_for("+5215512345678", 21610)    # this recipient always gets 21610
         tw.fail_next("drop")                    # accept the message, then drop the connection
+        tw.fail_next(500, n=3, stored=True)     # store the message, then answer 500 anyway
         tw.messages                             # accepted messages, with monotonic timestamps
 
 Faults are an HTTP status (429, 500, 503, 401, …: Twilio's JSON error body with the usual code),
 a Twilio error code (21211, 21610, 21614, 21612, 21408, …: with its usual HTTP status), or
 "drop": the message is accepted and recorded, then the connection is cut without an answer.
-`delay` holds every answer back (after recording the request), for read timeouts.
+A 5xx normally stores nothing; with `stored=True` the message is stored (and will be sent, and
+listed) although the answer says 500, as Twilio does when it fails after taking a message.
+`delay` holds every answer back (after recording the request), for read timeouts; `list_faults`
+makes the next Messages list GETs fail with a status (Twilio still down while asked).
 
-Served: POST `/2010-04-01/Accounts/{sid}/Messages.json`, `GET /2010-04-01/Accounts/{sid}.json`,
+Served: POST `/2010-04-01/Accounts/{sid}/Messages.json`, GET of the same (the Messages list,
+newest first, filtered by `To`, `From` and `DateSent` like Twilio's, paged with `PageSize`
+and `Page`/`PageToken`), `GET /2010-04-01/Accounts/{sid}.json`,
 `GET …/IncomingPhoneNumbers.json?PhoneNumber=`, and Messaging's `GET /v1/Services/{sid}` (point
 both the api and messaging domains at `tw.url`). Errors use Twilio's JSON error body.
 Twilio → us: `send_status_callback()` and `send_inbound()` post signed webhooks.
@@ -103,6 +109,7 @@ class Request:
 class _Fault:
     fault: Fault
     retry_after: float | None = None
+    stored: bool = False
 
 
 @dataclass
@@ -119,21 +126,29 @@ class FakeTwilio:
     url: str = field(default="", init=False)
     _next: deque[_Fault] = field(default_factory=deque, init=False, repr=False)
     _per_recipient: dict[str, _Fault] = field(default_factory=dict, init=False, repr=False)
+    _list_faults: deque[int] = field(default_factory=deque, init=False, repr=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
     # -- faults ---------------------------------------------------------------------------
-    def fail_next(self, fault: Fault, n: int = 1, *, retry_after: float | None = None) -> None:
-        """The next `n` message POSTs get an HTTP status, a Twilio code or "drop" (see above)."""
-        self._next.extend(_Fault(fault, retry_after) for _ in range(n))
+    def fail_next(self, fault: Fault, n: int = 1, *, retry_after: float | None = None,
+                  stored: bool = False) -> None:
+        """The next `n` message POSTs get an HTTP status, a Twilio code or "drop" (see above);
+        `stored`: the message is kept (and listed) though the answer is an error."""
+        self._next.extend(_Fault(fault, retry_after, stored) for _ in range(n))
 
     def fail_for(self, to: str, fault: Fault, *, retry_after: float | None = None) -> None:
         """Every message POST to `to` gets this HTTP status / Twilio code, or "drop"."""
         self._per_recipient[to] = _Fault(fault, retry_after)
 
+    def fail_lists(self, status: int, n: int = 1) -> None:
+        """The next `n` Messages list GETs answer `status` (e.g. 500, 503)."""
+        self._list_faults.extend([status] * n)
+
     def clear_faults(self) -> None:
         """Forget every injected fault."""
         self._next.clear()
         self._per_recipient.clear()
+        self._list_faults.clear()
 
     @property
     def posts(self) -> list[Request]:
@@ -146,6 +161,7 @@ class FakeTwilio:
         app = web.Application()
         base = "/2010-04-01/Accounts/{sid}"
         app.router.add_post(base + "/Messages.json", self._create_message)
+        app.router.add_get(base + "/Messages.json", self._list_messages)
         app.router.add_get(base + ".json", self._fetch_account)
         app.router.add_get(base + "/IncomingPhoneNumbers.json", self._list_numbers)
         app.router.add_get("/v1/Services/{sid}", self._fetch_service)
@@ -212,7 +228,7 @@ class FakeTwilio:
         if gate is not None:
             return await self._answer(request, gate, to)
         fault = self._take_fault(to)
-        if fault is not None and fault.fault != "drop":
+        if fault is not None and fault.fault != "drop" and not fault.stored:
             return await self._answer(request, self._fault_response(request, fault, to, from_), to)
         problem = self._validate(to, from_, service, body, form)
         if problem is not None:
@@ -224,6 +240,9 @@ class FakeTwilio:
             created_at=datetime.now(UTC), answered=fault is None,
         )
         self.messages.append(message)
+        if fault is not None and fault.fault != "drop":  # stored, and yet an error answer
+            message.answered = False
+            return await self._answer(request, self._fault_response(request, fault, to, from_), to)
         if fault is not None:  # "drop": accepted, but the client never hears back
             self.requests.append(Request(request.method, request.path, None, to))
             assert request.transport is not None
@@ -273,6 +292,38 @@ class FakeTwilio:
             "status": "accepted" if m.messaging_service_sid else "queued",
             "subresource_uris": {"media": f"{uri}/Media.json"}, "to": m.to, "uri": f"{uri}.json",
         }
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        """Twilio's Messages list: newest first, `To`/`From`/`DateSent` filters, pages."""
+        gate = self._gate(request)
+        if gate is not None:
+            return await self._answer(request, gate)
+        if self._list_faults:
+            status = self._list_faults.popleft()
+            code = _BY_STATUS.get(status, 20500 if status >= 500 else 20001)
+            return await self._answer(request, self._error(request, code, status))
+        query = request.query
+        found = [m for m in reversed(self.messages)
+                 if query.get("To") in (None, m.to) and query.get("From") in (None, m.from_)]
+        for key, keep in (("DateSent", lambda d, day: d == day),
+                          ("DateSent>", lambda d, day: d >= day),
+                          ("DateSent<", lambda d, day: d <= day)):
+            if key in query:
+                # Twilio filters on the day a message was *sent*: a message still queued has
+                # no date_sent and is left out (this fake sends at once, like a quick Twilio).
+                day = query[key][:10]
+                found = [m for m in found if keep(m.created_at.date().isoformat(), day)]
+        size = max(1, min(1000, int(query.get("PageSize", "50"))))
+        page = int(query.get("Page", "0"))
+        chunk = found[page * size:(page + 1) * size]
+        uri = request.path
+        more = (page + 1) * size < len(found)
+        return await self._answer(request, web.json_response({
+            "messages": [self._resource(m) for m in chunk], "page": page, "page_size": size,
+            "first_page_uri": f"{uri}?PageSize={size}&Page=0", "uri": request.path_qs,
+            "next_page_uri": f"{uri}?PageSize={size}&Page={page + 1}" if more else None,
+            "previous_page_uri": None, "start": page * size, "end": page * size + len(chunk),
+        }))
 
     async def _fetch_account(self, request: web.Request) -> web.Response:
         gate = self._gate(request)
