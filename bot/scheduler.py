@@ -20,6 +20,9 @@ from services.delivery.engine import DeliveryEngine
 from services.models import utcnow
 
 log = logging.getLogger(__name__)
+# "Running job …" / "executed successfully" for every sweep and heartbeat (every few seconds)
+# drown the log; APScheduler's warnings and errors (missed or failing jobs) still show.
+logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 
 WAKE_JOB = "campaign-due"
 

@@ -78,6 +78,7 @@ async def build_engine(
     config = EngineConfig(
         rates={DeliveryChannel.email: settings.email_rate, DeliveryChannel.sms: settings.sms_rate},
         grace=settings.schedule_grace,
+        retry_for=settings.retry_for,
         quiet_hours=settings.quiet_hours,
         clinic_timezone=settings.clinic_timezone,
     )

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     sms_rate: float = Field(default=1.0, gt=0, le=1_000)
     schedule_grace: Duration = timedelta(hours=1)
     scheduler_sweep: Duration = timedelta(seconds=10)
+    retry_for: Duration = timedelta(minutes=30)
     quiet_hours: Annotated[QuietHours | None, NoDecode, BeforeValidator(parse_quiet_hours)] = (
         QuietHours(start=time(8, 0), end=time(21, 0))
     )

@@ -270,6 +270,11 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the message was last handed to the provider (committed before the hand-over):
+    # after a crash, a claim without it certainly was not sent and goes back to `pending`.
+    attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Since when this delivery has been retried (RETRY_FOR counts from here).
+    retry_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

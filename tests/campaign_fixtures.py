@@ -114,3 +114,31 @@ def jpeg_bytes() -> bytes:
     return b"\xff\xd8" + app0 + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\x12" * 32 + (
         b"\xff\xd9"
     )
+
+
+# A pid no process can have (above Linux's largest pid_max): a "process" on this host that
+# is certainly dead, so recovery needs no stale heartbeat to know it.
+DEAD_PID = 4_999_999
+
+
+async def claim_as_dead_process(
+    db: Database, *, channel: Any, limit: int, handed_over: int = 0
+) -> list[Any]:
+    """A process on this host that claimed `limit` deliveries of `channel`, handed the first
+    `handed_over` of them to the provider, and died before recording anything."""
+    import socket
+
+    from services.delivery import ledger
+    from services.models import SenderProcess
+
+    dead = f"{socket.gethostname()}:{DEAD_PID}:dead"
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        session.add(SenderProcess(id=dead, hostname=socket.gethostname(), pid=DEAD_PID,
+                                  started_at=now, heartbeat_at=now))
+        await session.flush()
+        claimed = await ledger.claim(session, channel=channel, sender_id=dead, limit=limit,
+                                     now=now)
+        await ledger.mark_attempted(session, ids=[c.id for c in claimed[:handed_over]],
+                                    sender_id=dead, now=now)
+    return claimed

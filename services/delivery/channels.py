@@ -55,11 +55,25 @@ class SmsDriver:
     links: Links
     clinic_name: str
     opt_out_text: str
-    concurrency: int = 4
+    concurrency: int = 8
     channel: DeliveryChannel = DeliveryChannel.sms
+
+    @property
+    def can_ask_provider(self) -> bool:
+        return self.sender.can_ask
 
     def address_of(self, patient: Patient) -> str | None:
         return patient.phone
+
+    async def ask_provider(self, job: Job) -> SendResult | None:
+        """Whether Twilio holds the message an unclear earlier hand-over may have left."""
+        if job.attempted_at is None:
+            return None
+        try:
+            text = self.text_for(job.campaign, job.patient)
+        except PersonalisationError as exc:
+            return _failed(f"the message {exc}")
+        return await self.sender.find_sent(to=job.address, body=text, since=job.attempted_at)
 
     def text_for(self, content: CampaignContent, patient: Patient) -> str:
         body = render_text(content.message, variables_for(patient, self.clinic_name))
@@ -92,14 +106,19 @@ class EmailDriver:
     email_from: str
     postal_address: str
     clinic_name: str
-    concurrency: int = 8  # twice the SMTP pool: the next message renders while one sends
+    # Four times the SMTP pool: the next messages are marked and rendered while four send.
+    concurrency: int = 16
     channel: DeliveryChannel = DeliveryChannel.email
+    can_ask_provider: bool = False  # SMTP has no way to ask whether a message arrived
     tracking: bool = True  # EMAIL_TRACKING; only with a public base URL a patient can reach
     _mails: dict[int, CampaignMail] = field(default_factory=dict)
     _links: dict[int, list[str]] = field(default_factory=dict)
 
     def address_of(self, patient: Patient) -> str | None:
         return patient.email
+
+    async def ask_provider(self, job: Job) -> SendResult | None:
+        return SendResult(Outcome.UNKNOWN, reason="an SMTP server cannot be asked")
 
     def mail_for(self, content: CampaignContent) -> CampaignMail:
         mail = self._mails.get(content.id)

@@ -69,16 +69,17 @@ def open_failure(step: str, exc: Exception, *, where: str, security: str) -> Sen
         outcome = Outcome.RETRY if 400 <= exc.code < 500 else Outcome.CHANNEL_DOWN
         return SendResult(outcome, reason=reason, error_code=str(exc.code))
     if isinstance(exc, SMTPConnectTimeoutError):
-        return SendResult(Outcome.RETRY, reason=(
+        return SendResult(Outcome.RETRY, unreachable=True, reason=(
             f"timed out connecting to {where}: check SMTP_HOST, SMTP_PORT and the firewall"
             + ("; port 465 expects SMTP_SECURITY=tls" if security != "tls" else "")))
     if isinstance(exc, SMTPConnectResponseError | SMTPResponseException):
         outcome = Outcome.RETRY if 400 <= exc.code < 500 else Outcome.CHANNEL_DOWN
-        return SendResult(outcome, error_code=str(exc.code),
+        # A 4xx greeting or EHLO (421 "too busy") turns every message away for now.
+        return SendResult(outcome, error_code=str(exc.code), unreachable=outcome is Outcome.RETRY,
                           reason=f"{where} refused {step}: {reply_text(exc)}")
     if isinstance(exc, SMTPConnectError | SMTPServerDisconnected | SMTPTimeoutError | OSError):
         cause = one_line(str(exc.__cause__ or exc))
-        return SendResult(Outcome.RETRY, reason=(
+        return SendResult(Outcome.RETRY, unreachable=True, reason=(
             f"could not {'connect to' if step == 'connect' else step + ' with'} {where} "
             f"({cause}): check SMTP_HOST and SMTP_PORT, and that the server is running"))
     if step == "STARTTLS":

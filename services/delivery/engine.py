@@ -1,8 +1,15 @@
 """The send pipeline: starts due campaigns and works off their deliveries, channel by channel.
 
-One `DeliveryEngine` per `campaign-bot run` process. Each channel has its own worker, rate
-limiter and driver (email or SMS); several processes may share one database safely (see
-ledger.py for how a delivery is claimed exactly once).
+One `DeliveryEngine` per `campaign-bot run` process. Each channel has its own workers, rate
+limiter, concurrency slots and driver (email or SMS); several processes may share one
+database safely (see ledger.py for how a delivery is claimed exactly once and who moves each
+state on).
+
+A delivery's path: claimed in a batch (committed) → consent, address and quiet hours checked
+→ a concurrency slot → (an earlier unclear hand-over: ask the provider) → hand-over mark
+committed (writer.py) → the channel's rate → the provider → outcome committed → slot freed.
+A crash therefore leaves at most the channel's concurrency handed over and unanswered; every
+other claim goes back to `pending` and is sent by whichever process recovers it.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -29,6 +36,8 @@ from services.delivery.ledger import CampaignEvent, Claimed, Outcome
 from services.delivery.outcomes import Outcome as Result
 from services.delivery.outcomes import SendResult
 from services.delivery.rate_limit import RateLimiter
+from services.delivery.retries import Attempt, RetryPolicy, decide, held_back, not_attempted
+from services.delivery.writer import LedgerWriter, OptOut, WriterClosed, is_connection_error
 from services.models import (
     Campaign,
     CampaignAttachment,
@@ -62,15 +71,33 @@ class Job:
     campaign: CampaignContent
     patient: Patient
     address: str
+    attempted_at: datetime | None = None  # an earlier hand-over whose fate is unknown
+    retry_since: datetime | None = None
+    # Why it may not be sent now (consent withdrawn since an unclear hand-over, which is
+    # still asked about): if the provider does not have it, it ends skipped.
+    skip_reason: str | None = None
+
+    @property
+    def attempt(self) -> Attempt:
+        return Attempt(self.delivery_id, self.address, self.attempts, self.retry_since,
+                       self.attempted_at)
 
 
 class ChannelDriver(Protocol):
     """Renders and sends one channel's messages; knows nothing of the ledger."""
 
     channel: DeliveryChannel
-    concurrency: int
+    concurrency: int  # messages between hand-over mark and recorded outcome (≤ 16)
+
+    @property
+    def can_ask_provider(self) -> bool: ...
 
     def address_of(self, patient: Patient) -> str | None: ...
+
+    async def ask_provider(self, job: Job) -> SendResult | None:
+        """Whether the provider holds `job`'s message from its earlier hand-over: SENT, None
+        (certainly not: send it), UNKNOWN (cannot tell now), CHANNEL_DOWN."""
+        ...
 
     async def send(self, job: Job) -> SendResult: ...
 
@@ -83,22 +110,38 @@ class EngineConfig:
     grace: timedelta = timedelta(hours=1)
     quiet_hours: QuietHours | None = None
     clinic_timezone: str = "UTC"
-    max_attempts: int = 5
+    retry_for: timedelta = timedelta(minutes=30)  # RETRY_FOR
     backoff_base: float = 1.0  # seconds; doubled per attempt, capped at backoff_max
     backoff_max: float = 30.0
     poll_interval: float = 2.0  # how often idle workers look for work from other processes
-    heartbeat_interval: float = 5.0
-    stale_after: timedelta = timedelta(seconds=30)
+    heartbeat_interval: float = 2.0
+    # A process whose heartbeat is this old is dead (as judged by one that has itself reached
+    # the database all that time); its claims are recovered by whoever sees it first.
+    stale_after: timedelta = timedelta(seconds=10)
+    # How long after a dead process's hand-over its request has surely ended (Twilio client:
+    # 10 s connect + 30 s read), before the provider is asked whether it took the message.
+    ask_settle: timedelta = timedelta(seconds=45)
     max_batch: int = 100
     # Batches per channel overlap, so the connections stay busy while one batch is being
-    # recorded and the next claimed (a crash then leaves at most that many batches, each
-    # about half a second of sending, `unknown`). Three measured best for email (0.76 → 0.84
-    # of smtp-source's rate); the rate limiter keeps SMS to SMS_RATE whatever the overlap.
+    # claimed; the channel's concurrency slots, shared by them, bound what is in flight.
     batches_in_flight: int = 3
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_for, self.backoff_base, self.backoff_max)
 
 
 EventListener = Callable[[CampaignEvent], Awaitable[None]]
 ProgressListener = Callable[[set[int]], Awaitable[None]]
+
+
+@dataclass
+class _Outage:
+    """The channel's provider cannot be reached: messages wait instead of each trying."""
+
+    until: datetime
+    reason: str
+    failures: int
 
 
 @dataclass
@@ -119,10 +162,17 @@ class DeliveryEngine:
         self._limiters = {
             d.channel: RateLimiter(self.config.rates.get(d.channel, 1.0)) for d in self.drivers
         }
+        self._slots = {d.channel: asyncio.Semaphore(d.concurrency) for d in self.drivers}
         self._contents: dict[int, CampaignContent] = {}
         self._down: dict[DeliveryChannel, list[str]] = {d.channel: [] for d in self.drivers}
         self._in_flight: dict[DeliveryChannel, int] = {d.channel: 0 for d in self.drivers}
+        self._outage: dict[DeliveryChannel, _Outage] = {}
+        self._probe = {d.channel: asyncio.Lock() for d in self.drivers}
+        self._turn: dict[DeliveryChannel, int] = {}  # round-robin: the last batch's first
+        self._held: set[int] = set()  # deliveries this process has claimed and not recorded
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer = LedgerWriter(self.db, sender_id=self.sender_id, clock=self.clock)
+        self._connected_since: datetime | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -130,6 +180,8 @@ class DeliveryEngine:
         """Register this process, recover from any crash, then run the channel workers
         (bot/scheduler.py calls `tick` and `heartbeat_now`)."""
         await self._heartbeat()
+        self._connected_since = self.clock()
+        self._writer.start()
         await self.recover()
         self._tasks = [
             asyncio.create_task(self._worker_loop(d), name=f"{d.channel}-worker-{n}")
@@ -143,15 +195,19 @@ class DeliveryEngine:
         self._wake.set()
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
-            for task in pending:  # still sending: what it claimed becomes `unknown` on restart
+            for task in pending:  # still sending: recovery sorts out what it held
                 task.cancel()
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        # Anything still claimed by this process is found by the next recovery (its id is
-        # no longer among the live ones) and becomes `unknown`.
-        async with self.db.transaction() as session:
-            await ledger.forget_process(session, sender_id=self.sender_id)
+        await self._writer.close(grace_seconds=10)
+        # Whatever this process still holds is recovered by the others (or the next start):
+        # its entry is gone, so its claims belong to nobody.
+        try:
+            async with self.db.transaction() as session:
+                await ledger.forget_process(session, sender_id=self.sender_id)
+        except Exception as exc:
+            log.warning("could not unregister sender %s: %s", self.sender_id, exc)
         for driver in self.drivers:
             await driver.close()
 
@@ -159,19 +215,45 @@ class DeliveryEngine:
         """Something changed (a campaign was created, rescheduled, cancelled): look now."""
         self._wake.set()
 
+    @property
+    def database_failing_for(self) -> float | None:
+        """Seconds the ledger writes have been failing (None while they land)."""
+        return self._writer.failing_for
+
     async def recover(self) -> None:
-        """Claims of dead processes become `unknown`; finished campaigns are closed."""
+        """Take back the claims of dead processes (see ledger.py), and this process's own
+        claims that a lost commit answer left behind; close what that finished."""
         now = self.clock()
+        trust = (self._connected_since is not None
+                 and now - self._connected_since >= self.config.stale_after)
+        askable = [d.channel for d in self.drivers if d.can_ask_provider]
         async with self.db.transaction() as session:
-            alive = await ledger.live_processes(
+            processes = await ledger.judge_processes(
                 session, now=now, stale_after=self.config.stale_after,
                 hostname=socket.gethostname(), me=self.sender_id, pid_alive=_pid_alive,
+                trust_heartbeats=trust,
             )
-            orphans = await ledger.mark_orphans_unknown(session, alive=alive, now=now)
-        for campaign_id, count in orphans.items():
-            log.warning("campaign %s: %d deliveries were in flight when a process stopped; "
-                        "marked unknown (not re-sent)", campaign_id, count)
-        await self._finish(orphans.keys())
+            recovered = await ledger.recover_orphans(
+                session, dead=processes.dead, known=processes.known, now=now,
+                stale_after=self.config.stale_after, askable=askable,
+                settle=self.config.ask_settle,
+            )
+            released = await ledger.release_lost_claims(
+                session, sender_id=self.sender_id, holding=set(self._held),
+                claimed_before=now - timedelta(minutes=1),
+            )
+            await ledger.forget_dead(session, dead=processes.dead)
+        for campaign_id, r in recovered.items():
+            log.warning("campaign %s: a sender process stopped mid-send: %d deliveries it had "
+                        "not handed over will be sent, %d will be checked with the provider, "
+                        "%d are unknown (not re-sent)", campaign_id, r.resent, r.asked,
+                        r.unknown)
+        if released:
+            log.warning("%d claims of this process whose commit answer was lost are pending "
+                        "again", released)
+        if recovered or released:
+            self._wake.set()
+        await self._finish(recovered.keys())
 
     # --- one pass, used by the loops and by tests ------------------------------------------
 
@@ -196,44 +278,68 @@ class DeliveryEngine:
 
     async def drain(self) -> None:
         """Send everything that is due now, on every channel, then return (for tests/CLI)."""
-        await self.start_due()
-        await asyncio.gather(*(
-            self._work_until_idle(d)
-            for d in self.drivers
-            for _ in range(self.config.batches_in_flight)
-        ))
-        async with self.db.transaction() as session:
-            cancelled = await ledger.skip_cancelled(session, now=self.clock())
-            ids = await ledger.sending_campaign_ids(session)
-        await self._finish([*ids, *cancelled])
+        started_here = self._writer.start()
+        try:
+            await self.start_due()
+            await asyncio.gather(*(
+                self._work_until_idle(d)
+                for d in self.drivers
+                for _ in range(self.config.batches_in_flight)
+            ))
+            async with self.db.transaction() as session:
+                cancelled = await ledger.skip_cancelled(session, now=self.clock())
+                ids = await ledger.sending_campaign_ids(session)
+            await self._finish([*ids, *cancelled])
+        finally:
+            if started_here:
+                await self._writer.close()
 
     # --- loops ------------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """One scheduler pass: start what is due, end what was cancelled."""
+        """One scheduler pass: start what is due, end what was cancelled, close anything
+        with nothing left to send (the safety net under every other completion check)."""
         await self.start_due()
         async with self.db.transaction() as session:
             cancelled = await ledger.skip_cancelled(session, now=self.clock())
-        await self._finish(cancelled)
+            events = await ledger.close_finished(session, now=self.clock())
+        await self._emit(events)
         if cancelled:
             await self._progress(set(cancelled))
         self._wake.set()  # workers: there may be new deliveries
 
     async def heartbeat_now(self) -> None:
+        """The periodic beat: say this process lives, then recover dead processes' claims."""
         try:
             await self._heartbeat()
-        except Exception:
-            log.exception("heartbeat failed")
+        except Exception as exc:
+            if self._connected_since is not None:
+                log.warning("heartbeat failed (%s): %s", type(exc).__name__, exc)
+            self._connected_since = None
+            return
+        if self._connected_since is None:
+            self._connected_since = self.clock()
+        try:
+            await self.recover()
+        except Exception as exc:
+            _log_failure("recovery", exc)
 
     async def _worker_loop(self, driver: ChannelDriver) -> None:
         while not self._stopping.is_set():
             try:
                 worked = await self._work_batch(driver)
-            except Exception:
-                log.exception("%s worker: batch failed; retrying", driver.channel)
+            except Exception as exc:
+                _log_failure(f"{driver.channel} worker: batch", exc)
                 worked = False
             if not worked:
-                await self._sleep(self.config.poll_interval)
+                await self._sleep(self._idle_seconds(driver.channel))
+
+    def _idle_seconds(self, channel: DeliveryChannel) -> float:
+        outage = self._outage.get(channel)
+        if outage is None:
+            return self.config.poll_interval
+        left = (outage.until - self.clock()).total_seconds()
+        return max(0.05, min(self.config.poll_interval, left))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -259,19 +365,28 @@ class DeliveryEngine:
             except Exception:
                 log.exception("campaign %s: notifying %s failed", event.campaign_id, event.event)
 
-    async def _finish(self, campaign_ids: object) -> None:
-        ids = list(campaign_ids)  # type: ignore[call-overload]
+    async def _finish(self, campaign_ids: Iterable[int]) -> None:
+        """Close those of these campaigns with nothing open left. Runs after the outcomes
+        committed, so the last process to record sees everything final; a failure here is
+        left to the next sweep (`tick`)."""
+        ids = list(campaign_ids)
         if not ids:
             return
-        async with self.db.transaction() as session:
-            events = await ledger.finish_campaigns(session, campaign_ids=ids, now=self.clock())
+        try:
+            async with self.db.transaction() as session:
+                done = await ledger.without_open_deliveries(session, campaign_ids=ids)
+                events = await ledger.finish_campaigns(session, campaign_ids=done,
+                                                       now=self.clock())
+        except Exception as exc:
+            _log_failure("closing finished campaigns", exc)
+            return
         await self._emit(events)
 
     # --- the batch ----------------------------------------------------------------------------
 
     def _batch_size(self, driver: ChannelDriver) -> int:
-        # At most half a second of sending per claim: a crash leaves at most that many
-        # `unknown`, and fewer, larger batches mean fewer commits.
+        # About half a second of sending per claim: fewer, larger batches mean fewer commits,
+        # and a crash sends what it had claimed but not handed over anyway.
         rate = self.config.rates.get(driver.channel, 1.0)
         return max(1, min(self.config.max_batch, int(rate / 2)))
 
@@ -280,44 +395,125 @@ class DeliveryEngine:
             pass
 
     async def _work_batch(self, driver: ChannelDriver) -> bool:
-        """Claim, check, send and record one batch; False when nothing was due."""
+        """Claim, check and send one batch; False when nothing was due (or the channel's
+        provider is unreachable for now)."""
+        channel = driver.channel
+        outage = self._outage.get(channel)
+        if outage is not None and outage.until > self.clock():
+            return False
         now = self.clock()
         async with self.db.transaction() as session:
-            claimed = await ledger.claim(session, channel=driver.channel,
-                                         sender_id=self.sender_id,
-                                         limit=self._batch_size(driver), now=now)
+            claimed = await ledger.claim(session, channel=channel, sender_id=self.sender_id,
+                                         limit=self._batch_size(driver), now=now,
+                                         after_campaign=self._turn.get(channel))
             if not claimed:
                 return False
             jobs, early = await self._prepare(session, driver, claimed, now)
             await ledger.record(session, early, now=now)
-        # The claim is committed: from here a crash leaves these deliveries `unknown`.
-        self._in_flight[driver.channel] += 1
+        self._turn[channel] = claimed[0].campaign_id
+        held = {job.delivery_id for job in jobs}
+        self._held |= held
+        self._in_flight[channel] += 1
         try:
-            outcomes, results, channel_down = await self._send_all(driver, jobs)
+            await asyncio.gather(*(self._deliver(driver, job) for job in jobs))
+            down = self._down[channel][0] if self._down[channel] else None
         finally:
-            self._in_flight[driver.channel] -= 1
-            if not self._in_flight[driver.channel]:  # the next batch tries the channel again
-                self._down[driver.channel].clear()
-        now = self.clock()
+            self._held -= held
+            self._in_flight[channel] -= 1
+            if not self._in_flight[channel]:  # the next batch tries the channel again
+                self._down[channel].clear()
         campaign_ids = {c.campaign_id for c in claimed}
-        async with self.db.transaction() as session:
-            await ledger.record(session, outcomes, now=now)
-            opted_out = [job.patient.id for job, result in zip(jobs, results, strict=True)
-                         if result is not None and result.opted_out]
-            if opted_out:
-                await consent.record_opt_out(session, patient_ids=opted_out,
-                                             channel=driver.channel, source="provider",
-                                             actor=ledger.ENGINE_ACTOR)
-            if channel_down:
-                failed = await ledger.fail_remaining(session, campaign_ids=campaign_ids,
-                                                     channel=driver.channel,
-                                                     reason=channel_down, now=now)
-                log.error("%s channel down: %s (%d remaining deliveries failed)",
-                          driver.channel, channel_down, failed)
-            done = await ledger.without_open_deliveries(session, campaign_ids=campaign_ids)
+        if down:
+            failed = await self._writer.run(
+                lambda session: ledger.fail_remaining(
+                    session, campaign_ids=campaign_ids, channel=channel, reason=down,
+                    now=self.clock()),
+                "the channel's remaining deliveries",
+            )
+            log.error("%s channel down: %s (%d remaining deliveries failed)", channel, down,
+                      failed)
         await self._progress(campaign_ids)
-        await self._finish(done)
+        await self._finish(campaign_ids)
         return True
+
+    async def _deliver(self, driver: ChannelDriver, job: Job) -> None:
+        """One message, in one of the channel's concurrency slots from its hand-over mark to
+        its recorded outcome."""
+        async with self._slots[driver.channel]:
+            try:
+                written = await self._attempt(driver, job)
+                if written is not None:
+                    await self._writer.record(*written)
+            except WriterClosed:
+                log.warning("delivery %s: stopping with the database away; recovery will "
+                            "settle it", job.delivery_id)
+
+    async def _attempt(
+        self, driver: ChannelDriver, job: Job
+    ) -> tuple[Outcome, OptOut | None] | None:
+        channel, policy = driver.channel, self.config.retry_policy
+        down = self._down[channel]
+        if down:
+            return not_attempted(job.attempt, down[0]), None
+        if channel not in self._outage:
+            return await self._hand_over(driver, job)
+        # The provider was unreachable: one message at a time probes it (the others wait
+        # here or are held back), so an outage costs an attempt per backoff, not per patient.
+        async with self._probe[channel]:
+            outage = self._outage.get(channel)
+            now = self.clock()
+            if outage is not None and outage.until > now:
+                return held_back(job.attempt, until=outage.until, reason=outage.reason,
+                                 now=now, policy=policy), None
+            return await self._hand_over(driver, job)
+
+    async def _hand_over(
+        self, driver: ChannelDriver, job: Job
+    ) -> tuple[Outcome, OptOut | None] | None:
+        channel, policy = driver.channel, self.config.retry_policy
+        down = self._down[channel]
+        result: SendResult | None = None
+        if job.attempted_at is not None and driver.can_ask_provider:
+            result = await driver.ask_provider(job)
+        if result is None and job.skip_reason is not None:
+            return Outcome(job.delivery_id, DeliveryStatus.skipped, reason=job.skip_reason,
+                           clear_attempt=True), None
+        if result is None:
+            if not await self._writer.mark(job.delivery_id):
+                log.warning("delivery %s was taken back by recovery; not sending it",
+                            job.delivery_id)
+                return None
+            if down:  # went down while the mark was being written: nothing was handed over
+                return not_attempted(job.attempt, down[0]), None
+            await self._limiters[channel].acquire()
+            try:
+                result = await driver.send(job)
+            except Exception as exc:  # a bug or an unclassified error: do not re-send
+                log.exception("delivery %s: unexpected error", job.delivery_id)
+                result = SendResult(Result.UNKNOWN, reason=f"unexpected error: {exc}")
+        self._learn(channel, result)
+        outcome = decide(job.attempt, result, now=self.clock(), policy=policy,
+                         can_ask=driver.can_ask_provider)
+        opt_out = OptOut(job.patient.id, channel) if result.opted_out else None
+        return outcome, opt_out
+
+    def _learn(self, channel: DeliveryChannel, result: SendResult) -> None:
+        """What one result says about the channel as a whole."""
+        if result.outcome is Result.RETRY and result.retry_after:
+            self._limiters[channel].defer(result.retry_after)  # the provider asked to slow down
+        if result.outcome is Result.CHANNEL_DOWN:
+            self._down[channel].append(result.reason or "the channel is down")
+        elif result.outcome is Result.RETRY and result.unreachable:
+            previous = self._outage.get(channel)
+            failures = previous.failures + 1 if previous else 1
+            wait = self.config.retry_policy.backoff(failures)
+            until = self.clock() + timedelta(seconds=wait)
+            self._outage[channel] = _Outage(until, result.reason or "unreachable", failures)
+            if previous is None:
+                log.warning("%s provider unreachable (%s); retrying", channel, result.reason)
+        elif result.outcome is Result.SENT and channel in self._outage:
+            log.warning("%s provider reachable again", channel)
+            del self._outage[channel]
 
     async def _progress(self, campaign_ids: set[int]) -> None:
         if self.on_progress is None:
@@ -343,7 +539,7 @@ class DeliveryEngine:
             address = driver.address_of(patient) if reason is None else None
             if reason is None and not address:
                 reason = consent.NO_ADDRESS
-            if reason is not None:
+            if reason is not None and item.attempted_at is None:
                 early.append(Outcome(item.id, DeliveryStatus.skipped, reason=reason,
                                      undo_attempt=True))
                 continue
@@ -354,7 +550,11 @@ class DeliveryEngine:
                                      next_attempt_at=opening, undo_attempt=True))
                 continue
             content = await self._content(session, item.campaign_id)
-            jobs.append(Job(item.id, item.attempts, content, patient, address))  # type: ignore[arg-type]
+            # An earlier hand-over is asked about even if the patient opted out since: the
+            # answer settles what happened; nothing is sent again without consent.
+            jobs.append(Job(item.id, item.attempts, content, patient,
+                            address or (patient.phone or patient.email or ""),
+                            item.attempted_at, item.retry_since, reason))
         return jobs, early
 
     def _window_opening(
@@ -380,69 +580,12 @@ class DeliveryEngine:
         self._contents[campaign_id] = content
         return content
 
-    async def _send_all(
-        self, driver: ChannelDriver, jobs: list[Job]
-    ) -> tuple[list[Outcome], list[SendResult | None], str | None]:
-        """Send a batch with the driver's concurrency under the channel's rate limit."""
-        limiter = self._limiters[driver.channel]
-        semaphore = asyncio.Semaphore(driver.concurrency)
-        # Shared by the batches in flight on this channel: once one learns the channel is
-        # down (a refused login), none of them tries another message.
-        down = self._down[driver.channel]
-        results: list[SendResult | None] = [None] * len(jobs)
 
-        async def one(index: int, job: Job) -> None:
-            async with semaphore:
-                if down:
-                    return
-                await limiter.acquire()
-                if down:
-                    return
-                try:
-                    result = await driver.send(job)
-                except Exception as exc:  # a bug or an unclassified error: do not re-send
-                    log.exception("delivery %s: unexpected error", job.delivery_id)
-                    result = SendResult(Result.UNKNOWN, reason=f"unexpected error: {exc}")
-                results[index] = result
-                if result.outcome is Result.RETRY and result.retry_after:
-                    limiter.defer(result.retry_after)  # the provider asked us to slow down
-                if result.outcome is Result.CHANNEL_DOWN:
-                    down.append(result.reason or "the channel is down")
-
-        await asyncio.gather(*(one(i, job) for i, job in enumerate(jobs)))
-        now = self.clock()
-        outcomes = [self._outcome(job, result, down[0] if down else None, now)
-                    for job, result in zip(jobs, results, strict=True)]
-        return outcomes, results, (down[0] if down else None)
-
-    def _outcome(
-        self, job: Job, result: SendResult | None, down: str | None, now: datetime
-    ) -> Outcome:
-        if result is None:  # not attempted: the channel went down first
-            return Outcome(job.delivery_id, DeliveryStatus.failed, reason=down,
-                           address=job.address, undo_attempt=True)
-        match result.outcome:
-            case Result.SENT:
-                return Outcome(job.delivery_id, DeliveryStatus.sent, provider_id=result.provider_id,
-                               address=job.address, sent_at=now)
-            case Result.RETRY if job.attempts < self.config.max_attempts:
-                wait = result.retry_after or min(
-                    self.config.backoff_max, self.config.backoff_base * 2 ** (job.attempts - 1)
-                )
-                return Outcome(job.delivery_id, DeliveryStatus.pending, reason=result.reason,
-                               error_code=result.error_code, address=job.address,
-                               next_attempt_at=now + timedelta(seconds=wait))
-            case Result.RETRY:
-                return Outcome(job.delivery_id, DeliveryStatus.failed,
-                               reason=f"gave up after {job.attempts} attempts: {result.reason}",
-                               error_code=result.error_code, address=job.address)
-            case Result.UNKNOWN:
-                return Outcome(job.delivery_id, DeliveryStatus.unknown, reason=result.reason,
-                               error_code=result.error_code, address=job.address,
-                               provider_id=result.provider_id)
-            case _:  # FAILED, CHANNEL_DOWN
-                return Outcome(job.delivery_id, DeliveryStatus.failed, reason=result.reason,
-                               error_code=result.error_code, address=job.address)
+def _log_failure(what: str, exc: Exception) -> None:
+    if is_connection_error(exc):
+        log.warning("%s failed: the database is unreachable (%s)", what, type(exc).__name__)
+    else:
+        log.error("%s failed; retrying", what, exc_info=exc)
 
 
 def _zone(name: str | None) -> ZoneInfo | None:

@@ -6,21 +6,41 @@ How "at most once" holds (SPEC §3):
 - A delivery is claimed by one UPDATE … RETURNING that moves it `pending` → `sending` and
   names the claiming process (PostgreSQL: FOR UPDATE SKIP LOCKED, so processes never wait
   for or take each other's rows; SQLite: the statement runs under the single writer lock).
-  The claim is committed before the provider is called.
-- After the call the outcome is written; a delivery left `sending` by a process that died is
-  marked `unknown` by `mark_orphans_unknown`, never sent again automatically.
+- Just before the hand-over to the provider, `attempted_at` is committed (`mark_attempted`,
+  group-committed by the engine's writer), and only if the row is still this process's claim.
+  So after a crash a claim without `attempted_at` certainly was not sent.
+
+Who moves each state on, and what happens when that owner dies:
+- `pending`: the channel workers of any live process claim it when due (`next_attempt_at`);
+  the scheduler's sweep skips it when its campaign is cancelled.
+- `sending`: the claiming process (`claimed_by`) records the outcome. If it dies (its pid is
+  gone on this host, or its heartbeat is older than `stale_after` as seen by a process that
+  has itself reached the database all that time), any live process recovers the claim
+  (`recover_orphans`): not attempted → `pending` again (it is sent); attempted on a channel
+  whose provider can be asked (Twilio) → `pending` with `attempted_at` kept, so the next claim
+  asks the provider first; attempted elsewhere (SMTP) → `unknown`.
+- `unknown`: final, shown to the operator, never re-sent. The one exception is its own
+  process's late answer: a process wrongly presumed dead (a network split) may still record
+  what the provider said, since `record` accepts rows it claimed that recovery made `unknown`.
+- `sent`, `delivered`, `failed`, `skipped`: final (status callbacks may move sent →
+  delivered/failed).
+- A campaign `sending` with no `pending` or `sending` delivery left is closed (`completed`, or
+  `failed` when nothing could be sent) by whichever process sees it first after its own
+  outcomes commit, and by every sweep (`close_finished`), so none stays `sending`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
     and_,
     bindparam,
+    case,
+    delete,
     func,
     insert,
     literal,
@@ -158,6 +178,31 @@ class Claimed:
     patient_id: int
     channel: DeliveryChannel
     attempts: int
+    # An earlier hand-over whose outcome nobody could tell (a provider's 5xx, a lost answer,
+    # a crash): the provider is asked about it before the message goes out again.
+    attempted_at: datetime | None = None
+    retry_since: datetime | None = None
+
+
+async def campaigns_with_work(session: AsyncSession, *, channel: DeliveryChannel,
+                              now: datetime) -> list[int]:
+    """Sending campaigns with a due pending delivery on `channel` (an index probe each)."""
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.campaign_id == Campaign.id,
+            Delivery.status == DeliveryStatus.pending,
+            Delivery.channel == channel,
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        )
+        .exists()
+    )
+    rows = await session.execute(
+        select(Campaign.id)
+        .where(Campaign.status == CampaignStatus.sending, due)
+        .order_by(Campaign.id)
+    )
+    return list(rows.scalars())
 
 
 async def claim(
@@ -167,18 +212,50 @@ async def claim(
     sender_id: str,
     limit: int,
     now: datetime,
+    after_campaign: int | None = None,
 ) -> list[Claimed]:
-    """Atomically take up to `limit` due pending deliveries of `channel` for this process."""
-    sending_campaigns = select(Campaign.id).where(Campaign.status == CampaignStatus.sending)
+    """Atomically take up to `limit` due pending deliveries of `channel` for this process,
+    shared fairly (round-robin) among the campaigns that have some: each gets an equal share,
+    starting after `after_campaign`, and what one cannot use goes to the others."""
+    campaign_ids = await campaigns_with_work(session, channel=channel, now=now)
+    if not campaign_ids:
+        return []
+    if after_campaign is not None:
+        turn = next((i for i, c in enumerate(campaign_ids) if c > after_campaign), 0)
+        campaign_ids = campaign_ids[turn:] + campaign_ids[:turn]
+    claimed: list[Claimed] = []
+    hungry = campaign_ids
+    while hungry and len(claimed) < limit:
+        share = max(1, (limit - len(claimed)) // len(hungry))
+        still_hungry = []
+        for campaign_id in hungry:
+            wanted = min(share, limit - len(claimed))
+            if wanted <= 0:
+                break
+            taken = await _claim_from(session, campaign_id=campaign_id, channel=channel,
+                                      sender_id=sender_id, limit=wanted, now=now)
+            claimed.extend(taken)
+            if len(taken) == wanted:
+                still_hungry.append(campaign_id)
+        if len(still_hungry) == len(hungry) and share * len(hungry) >= limit:
+            break
+        hungry = still_hungry
+    return claimed
+
+
+async def _claim_from(
+    session: AsyncSession, *, campaign_id: int, channel: DeliveryChannel, sender_id: str,
+    limit: int, now: datetime,
+) -> list[Claimed]:
     candidates = (
         select(Delivery.id)
         .where(
+            Delivery.campaign_id == campaign_id,
             Delivery.status == DeliveryStatus.pending,
             Delivery.channel == channel,
             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-            Delivery.campaign_id.in_(sending_campaigns),
         )
-        .order_by(Delivery.campaign_id, Delivery.id)
+        .order_by(Delivery.id)
         .limit(limit)
     )
     if session.bind.dialect.name == "postgresql":
@@ -200,12 +277,30 @@ async def claim(
             updated_at=now,
         )
         .returning(Delivery.id, Delivery.campaign_id, Delivery.patient_id, Delivery.channel,
-                   Delivery.attempts)
+                   Delivery.attempts, Delivery.attempted_at, Delivery.retry_since)
         .execution_options(synchronize_session=False)
     )
     rows = [Claimed(*row) for row in result]
-    rows.sort(key=lambda c: (c.campaign_id, c.id))
+    rows.sort(key=lambda c: c.id)
     return rows
+
+
+async def mark_attempted(
+    session: AsyncSession, *, ids: Sequence[int], sender_id: str, now: datetime
+) -> set[int]:
+    """Note that these deliveries are about to be handed over; only rows that are still this
+    process's claims are marked (recovery may have taken some back): send only those."""
+    if not ids:
+        return set()
+    result = await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(list(ids)), Delivery.status == DeliveryStatus.sending,
+               Delivery.claimed_by == sender_id)
+        .values(attempted_at=now)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(result.scalars())
 
 
 @dataclass(frozen=True)
@@ -221,15 +316,34 @@ class Outcome:
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
     undo_attempt: bool = False  # deferred before any attempt (quiet hours): not an attempt
+    # Certainly not sent: forget the hand-over mark (nothing to ask the provider about).
+    clear_attempt: bool = False
+    retry_since: datetime | None = None  # kept if already set
 
 
-async def record(session: AsyncSession, outcomes: Sequence[Outcome], *, now: datetime) -> None:
-    """Write a batch of outcomes with one executemany per shape (not one commit each)."""
+async def record(
+    session: AsyncSession, outcomes: Sequence[Outcome], *, now: datetime,
+    sender_id: str | None = None,
+) -> None:
+    """Write a batch of outcomes with one executemany (not one commit each).
+
+    With `sender_id`, only rows still claimed by that process are written: `sending` ones,
+    and `unknown` ones that recovery gave up on while this process was cut off (its late
+    answer is better than "unknown"). Rows recovery put back to `pending` are left alone.
+    """
     if not outcomes:
         return
+    condition = Delivery.status == DeliveryStatus.sending
+    if sender_id is not None:
+        # (`or_`, not `in_`: an expanding IN cannot be part of an executemany.)
+        condition = and_(
+            Delivery.claimed_by == sender_id,
+            or_(Delivery.status == DeliveryStatus.sending,
+                Delivery.status == DeliveryStatus.unknown),
+        )
     statement = (
         update(Delivery)
-        .where(Delivery.id == bindparam("b_id"), Delivery.status == DeliveryStatus.sending)
+        .where(Delivery.id == bindparam("b_id"), condition)
         .values(
             status=bindparam("b_status"),
             reason=bindparam("b_reason"),
@@ -239,6 +353,9 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome], *, now: dat
             next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
             sent_at=func.coalesce(bindparam("b_sent", type_=UTCDateTime()), Delivery.sent_at),
             attempts=Delivery.attempts - bindparam("b_undo"),
+            attempted_at=case((bindparam("b_clear") == 1, None), else_=Delivery.attempted_at),
+            retry_since=func.coalesce(Delivery.retry_since,
+                                      bindparam("b_since", type_=UTCDateTime())),
             updated_at=bindparam("b_now", type_=UTCDateTime()),
         )
         .execution_options(synchronize_session=False)
@@ -258,6 +375,8 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome], *, now: dat
                 "b_next": o.next_attempt_at,
                 "b_sent": o.sent_at,
                 "b_undo": 1 if o.undo_attempt else 0,
+                "b_clear": 1 if o.clear_attempt else 0,
+                "b_since": o.retry_since,
                 "b_now": now,
             }
             for o in outcomes
@@ -348,6 +467,43 @@ async def finish_campaigns(
     return events
 
 
+async def close_finished(session: AsyncSession, *, now: datetime) -> list[CampaignEvent]:
+    """The sweep's safety net: close every `sending` campaign that has nothing open left."""
+    done = await without_open_deliveries(session, campaign_ids=await sending_campaign_ids(session))
+    return await finish_campaigns(session, campaign_ids=done, now=now)
+
+
+async def health_problems(
+    session: AsyncSession, *, now: datetime, stuck_after: timedelta = timedelta(minutes=5),
+    late_after: timedelta = timedelta(minutes=2),
+) -> list[str]:
+    """Work that should have moved and has not, in words for `/healthz`."""
+    problems: list[str] = []
+    in_flight, oldest = (
+        await session.execute(
+            select(func.count(), func.min(Delivery.claimed_at)).where(
+                Delivery.status == DeliveryStatus.sending,
+                Delivery.claimed_at < now - stuck_after,
+            )
+        )
+    ).one()
+    if in_flight:
+        problems.append(f"{in_flight} deliveries have been in flight since "
+                        f"{oldest:%Y-%m-%d %H:%M:%S} UTC (more than {_human(stuck_after)})")
+    late, first_due = (
+        await session.execute(
+            select(func.count(), func.min(Campaign.send_at)).where(
+                Campaign.status == CampaignStatus.scheduled,
+                Campaign.send_at < now - late_after,
+            )
+        )
+    ).one()
+    if late:
+        problems.append(f"{late} campaigns due since {first_due:%Y-%m-%d %H:%M:%S} UTC "
+                        "have not started")
+    return problems
+
+
 async def sending_campaign_ids(session: AsyncSession) -> list[int]:
     rows = await session.execute(
         select(Campaign.id).where(Campaign.status == CampaignStatus.sending).order_by(Campaign.id)
@@ -368,58 +524,142 @@ async def heartbeat(
                                   heartbeat_at=now))
 
 
-async def mark_orphans_unknown(
-    session: AsyncSession, *, alive: Iterable[str], now: datetime
-) -> dict[int, int]:
-    """Deliveries left `sending` by processes not in `alive` become `unknown`.
+UNKNOWN_AFTER_CRASH = (
+    "the sending process stopped after handing the message over; it may or may not have "
+    "been sent"
+)
+ASK_PROVIDER = "the sending process stopped mid-send; asking the provider whether it was sent"
 
-    Returns {campaign_id: count}. They are listed for the operator and never re-sent
-    automatically: the process may have handed the message over before it died.
-    """
-    alive = list(alive)
-    condition = and_(Delivery.status == DeliveryStatus.sending,
-                     or_(Delivery.claimed_by.is_(None), Delivery.claimed_by.not_in(alive)))
-    result = await session.execute(
+
+@dataclass(frozen=True)
+class Recovered:
+    """What recovery did with one campaign's orphaned claims."""
+
+    resent: int = 0  # never handed over: pending again
+    asked: int = 0  # handed over, the provider will be asked (pending, `attempted_at` kept)
+    unknown: int = 0  # handed over, nobody can tell: `unknown`
+
+
+async def recover_orphans(
+    session: AsyncSession, *, dead: Iterable[str], known: Iterable[str], now: datetime,
+    stale_after: timedelta, askable: Iterable[DeliveryChannel] = (),
+    settle: timedelta = timedelta(seconds=45),
+) -> dict[int, Recovered]:
+    """Claims of `dead` processes (and claims older than `stale_after` of processes not
+    `known` at all: stopped ones, which drop their entry): back to `pending` if they were
+    never handed over; handed over on an `askable` channel: `pending` again, due after
+    `settle` (the dead process's request has surely ended by then), to ask the provider
+    before any re-send; otherwise `unknown`, never re-sent automatically.
+
+    Returns {campaign_id: Recovered}."""
+    askable = list(askable)
+    unowned = and_(or_(Delivery.claimed_by.is_(None), Delivery.claimed_by.not_in(list(known))),
+                   Delivery.claimed_at < now - stale_after)
+    orphan = and_(Delivery.status == DeliveryStatus.sending,
+                  or_(Delivery.claimed_by.in_(list(dead)), unowned))
+    counts: dict[int, dict[str, int]] = {}
+
+    def tally(rows: Iterable[int], kind: str) -> None:
+        for campaign_id in rows:
+            per = counts.setdefault(campaign_id, {"resent": 0, "asked": 0, "unknown": 0})
+            per[kind] += 1
+
+    back = await session.execute(
         update(Delivery)
-        .where(condition)
-        .values(
-            status=DeliveryStatus.unknown,
-            reason="the sending process stopped mid-send; it may or may not have been sent",
-            updated_at=now,
-        )
+        .where(orphan, Delivery.attempted_at.is_(None))
+        .values(status=DeliveryStatus.pending, claimed_by=None, attempts=Delivery.attempts - 1,
+                updated_at=now)
         .returning(Delivery.campaign_id)
         .execution_options(synchronize_session=False)
     )
-    per_campaign: dict[int, int] = {}
-    for campaign_id in result.scalars():
-        per_campaign[campaign_id] = per_campaign.get(campaign_id, 0) + 1
-    for campaign_id, count in per_campaign.items():
-        await audit.record(session, ENGINE_ACTOR, "deliveries.unknown", campaign_id=campaign_id,
-                           deliveries=count)
-    return per_campaign
+    tally(back.scalars(), "resent")
+    if askable:
+        asked = await session.execute(
+            update(Delivery)
+            .where(orphan, Delivery.attempted_at.is_not(None), Delivery.channel.in_(askable))
+            .values(status=DeliveryStatus.pending, claimed_by=None, reason=ASK_PROVIDER,
+                    next_attempt_at=now + settle,
+                    retry_since=func.coalesce(Delivery.retry_since, now), updated_at=now)
+            .returning(Delivery.campaign_id)
+            .execution_options(synchronize_session=False)
+        )
+        tally(asked.scalars(), "asked")
+    lost = await session.execute(
+        update(Delivery)
+        .where(orphan)
+        .values(status=DeliveryStatus.unknown, reason=UNKNOWN_AFTER_CRASH, updated_at=now)
+        .returning(Delivery.campaign_id)
+        .execution_options(synchronize_session=False)
+    )
+    tally(lost.scalars(), "unknown")
+    for campaign_id, per in counts.items():
+        await audit.record(session, ENGINE_ACTOR, "deliveries.recovered",
+                           campaign_id=campaign_id, **per)
+    return {campaign_id: Recovered(**per) for campaign_id, per in counts.items()}
 
 
-async def live_processes(
+@dataclass(frozen=True)
+class Processes:
+    alive: list[str]
+    dead: list[str]
+
+    @property
+    def known(self) -> list[str]:
+        return [*self.alive, *self.dead]
+
+
+async def judge_processes(
     session: AsyncSession, *, now: datetime, stale_after: timedelta, hostname: str, me: str,
-    pid_alive: Callable[[int], bool],
-) -> list[str]:
-    """Ids of sender processes that are alive: a fresh heartbeat and, on this host, a pid
-    that still runs (a restarted process does not wait for its old heartbeat to go stale;
-    another entry with this process's own pid is an earlier life of a recycled pid)."""
+    pid_alive: Callable[[int], bool], trust_heartbeats: bool = True,
+) -> Processes:
+    """Which sender processes are alive: a fresh heartbeat and, on this host, a pid that
+    still runs (a restarted process does not wait for its old heartbeat to go stale; another
+    entry with this process's own pid is an earlier life of a recycled pid).
+
+    `trust_heartbeats=False` (this process has not itself reached the database for a whole
+    `stale_after`: just after an outage everybody's heartbeat is old) counts a stale
+    heartbeat as alive; only a pid seen gone on this host is then taken as proof of death."""
     rows = (await session.execute(select(SenderProcess))).scalars().all()
     alive: list[str] = []
+    dead: list[str] = []
     for process in rows:
-        if process.id == me:
-            alive.append(process.id)
-            continue
-        if now - process.heartbeat_at > stale_after:
-            continue
-        if process.hostname == hostname and (
+        gone = process.hostname == hostname and (
             process.pid == os.getpid() or not pid_alive(process.pid)
-        ):
-            continue
-        alive.append(process.id)
-    return alive
+        )
+        stale = trust_heartbeats and now - process.heartbeat_at > stale_after
+        if process.id != me and (gone or stale):
+            dead.append(process.id)
+        else:
+            alive.append(process.id)
+    return Processes(alive, dead)
+
+
+async def release_lost_claims(
+    session: AsyncSession, *, sender_id: str, holding: Collection[int], claimed_before: datetime,
+) -> int:
+    """This process's own claims that it does not hold (the claim committed but its answer
+    was lost to a dropped connection) and never handed over: `pending` again."""
+    condition = and_(Delivery.claimed_by == sender_id, Delivery.status == DeliveryStatus.sending,
+                     Delivery.attempted_at.is_(None), Delivery.claimed_at < claimed_before)
+    if holding:
+        condition = and_(condition, Delivery.id.not_in(list(holding)))
+    result = await session.execute(
+        update(Delivery)
+        .where(condition)
+        .values(status=DeliveryStatus.pending, claimed_by=None, attempts=Delivery.attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
+async def forget_dead(session: AsyncSession, *, dead: Iterable[str]) -> None:
+    """Drop the entries of processes found dead (their claims were just recovered)."""
+    dead = list(dead)
+    if dead:
+        await session.execute(
+            delete(SenderProcess).where(SenderProcess.id.in_(dead))
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def forget_process(session: AsyncSession, *, sender_id: str) -> None:

@@ -2,12 +2,15 @@
 
 Senders classify provider errors here, once; the engine only reads the outcome:
 - SENT: the provider accepted it (provider_id set).
-- RETRY: it certainly did not send (SMTP 4xx, connection refused, Twilio 429): try again later.
+- RETRY: it certainly did not send (SMTP 4xx, connection refused, Twilio 429): try again later
+  (for up to RETRY_FOR). `unreachable` says the provider itself could not be reached, so the
+  engine pauses the channel instead of trying every waiting message.
 - FAILED: permanent for this recipient (SMTP 5xx, Twilio 21211/21610/21614, …).
 - CHANNEL_DOWN: nothing will get through on this channel (SMTP login or Twilio credentials
   rejected): the engine fails the channel's remaining deliveries with this reason.
-- UNKNOWN: it may or may not have been sent (a timeout after the data was handed over):
-  never retried automatically.
+- UNKNOWN: it may or may not have been sent (a timeout after the data was handed over, a
+  Twilio 5xx): never re-sent blindly. Where the provider can be asked (Twilio's Messages
+  list) the engine asks it before anything else; otherwise the delivery ends `unknown`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+
+# The ledger's error_code for deliveries waiting for an unreachable provider to answer.
+UNREACHABLE = "unreachable"
 
 
 class Outcome(enum.StrEnum):
@@ -33,6 +39,7 @@ class SendResult:
     error_code: str | None = None  # e.g. "550", "21610"
     retry_after: float | None = None  # seconds, when the provider said
     opted_out: bool = False  # the provider says the recipient opted out (Twilio 21610)
+    unreachable: bool = False  # RETRY because the provider could not be reached at all
 
     @classmethod
     def sent(cls, provider_id: str) -> SendResult:

@@ -18,7 +18,6 @@ from bot.db import Database
 from bot.senders import build_engine
 from bot.settings import Settings, load_settings
 from services import campaigns, consent
-from services.delivery import ledger
 from services.delivery.engine import DeliveryEngine
 from services.models import (
     Campaign,
@@ -30,7 +29,7 @@ from services.models import (
     Patient,
     utcnow,
 )
-from tests.campaign_fixtures import LIMITS, OPERATOR, add_patients, form
+from tests.campaign_fixtures import LIMITS, OPERATOR, add_patients, claim_as_dead_process, form
 from tests.fakes.smtp_server import FakeSmtp
 from tests.fakes.twilio_server import FakeTwilio
 
@@ -170,30 +169,32 @@ async def test_send_now_reaches_every_consenting_patient_once_and_skips_the_rest
     assert all(s["body"].endswith("Reply STOP to opt out") for s in sms)
 
 
-async def test_a_dead_process_claims_become_unknown_and_are_not_resent(
+async def test_a_dead_process_claims_are_sent_unless_handed_over_which_become_unknown(
     db: Database, tmp_path: Path
 ) -> None:
     await add_patients(db, 3, email_opt_in=True)
     campaign_id = await send_now(db, external_ids=["P0001", "P0002", "P0003"])
     engine = await engine_for(db, settings_for(db, tmp_path))
     await engine.start_due()
-    # A process that claimed two deliveries and died before recording anything.
-    async with db.transaction() as session:
-        claimed = await ledger.claim(session, channel=DeliveryChannel.email,
-                                     sender_id="elsewhere:4242:dead", limit=2, now=utcnow())
+    # A process claimed two emails, handed the first to the mail server, and died.
+    claimed = await claim_as_dead_process(db, channel=DeliveryChannel.email, limit=2,
+                                          handed_over=1)
     assert len(claimed) == 2
 
     await engine.recover()
     await drain(engine)
 
-    rows = await deliveries(db, campaign_id)
-    assert sorted(r.status for r in rows) == ["sent", "unknown", "unknown"]
-    assert len(outbox_emails(tmp_path)) == 1
+    rows = {r.id: r for r in await deliveries(db, campaign_id)}
+    assert rows[claimed[0].id].status == DeliveryStatus.unknown  # the server may have it
+    assert rows[claimed[1].id].status == DeliveryStatus.sent  # certainly never sent: sent now
+    assert sorted(r.status for r in rows.values()) == ["sent", "sent", "unknown"]
+    assert sorted(m["To"] for m in outbox_emails(tmp_path)) == [
+        "p0002@example.com", "p0003@example.com"]
     assert await status_of(db, campaign_id) == CampaignStatus.completed
     async with db.transaction() as session:
         shown = await campaigns.summary(session=session, campaign_id=campaign_id)
-    assert shown["deliveries"]["email"]["unknown"] == 2
-    assert sorted(u["external_id"] for u in shown["unknown_deliveries"]) == ["P0001", "P0002"]
+    assert shown["deliveries"]["email"]["unknown"] == 1
+    assert [u["external_id"] for u in shown["unknown_deliveries"]] == ["P0001"]
 
 
 async def test_two_engines_on_one_database_send_each_message_once(
@@ -404,23 +405,87 @@ async def test_connections_dropped_before_and_after_the_handover(
     assert received.count("p0002@example.com") == 1
 
 
-async def test_twilio_accepting_then_dropping_the_connection_is_unknown_not_resent(
+async def twilio_campaign(
+    db: Database, tmp_path: Path, twilio: FakeTwilio, patients: int = 1, **overrides: object
+) -> tuple[int, DeliveryEngine]:
+    """A send-now SMS campaign to `patients` patients (+52551234000N), and an engine."""
+    ids = await add_patients(db, patients, sms_opt_in=True)
+    async with db.transaction() as session:
+        for n, pid in enumerate(ids, start=1):
+            await session.execute(update(Patient).where(Patient.id == pid)
+                                  .values(phone=f"+5255123400{n:02d}"))
+    settings = settings_for(
+        db, tmp_path, twilio_account_sid=SID, twilio_auth_token=TOKEN,
+        twilio_from_number="+15005550006", twilio_api_url=twilio.url, **overrides,
+    )
+    campaign_id = await send_now(db, channel="SMS",
+                                 external_ids=[f"P{n:04d}" for n in range(1, patients + 1)])
+    return campaign_id, await engine_for(db, settings)
+
+
+async def test_twilio_accepting_then_dropping_the_connection_is_asked_and_found_sent(
     db: Database, tmp_path: Path
 ) -> None:
-    await add_patients(db, 1, sms_opt_in=True, phone="+525512345678")
     async with FakeTwilio(account_sid=SID, auth_token=TOKEN) as twilio:
-        twilio.fail_for("+525512345678", "drop")
-        settings = settings_for(
-            db, tmp_path, twilio_account_sid=SID, twilio_auth_token=TOKEN,
-            twilio_from_number="+15005550006", twilio_api_url=twilio.url,
-        )
-        campaign_id = await send_now(db, channel="SMS", external_ids=["P0001"])
-        await drain(await engine_for(db, settings))
+        twilio.fail_next("drop")
+        campaign_id, engine = await twilio_campaign(db, tmp_path, twilio)
+        await drain(engine)
         posts = len(twilio.posts)
-        accepted = len(twilio.messages)
+        [message] = twilio.messages
+        lists = [r for r in twilio.requests if r.method == "GET"]
+    [row] = await deliveries(db, campaign_id)
+    assert (row.status, row.provider_id) == (DeliveryStatus.sent, message.sid)
+    assert posts == 1 and len(lists) == 1  # asked once, never posted again
+    assert await status_of(db, campaign_id) == CampaignStatus.completed
+
+
+async def test_twilio_5xx_with_nothing_stored_is_asked_then_sent_once(
+    db: Database, tmp_path: Path
+) -> None:
+    async with FakeTwilio(account_sid=SID, auth_token=TOKEN) as twilio:
+        twilio.fail_next(500, n=3)  # three patients' POSTs: Twilio stored nothing
+        campaign_id, engine = await twilio_campaign(db, tmp_path, twilio, patients=4)
+        await drain(engine)
+        received = sorted(m.to for m in twilio.messages)
+        posts = len(twilio.posts)
+    rows = await deliveries(db, campaign_id)
+    assert {r.status for r in rows} == {DeliveryStatus.sent}
+    assert received == [f"+5255123400{n:02d}" for n in range(1, 5)]  # each exactly once
+    assert posts == 7  # four, and the three that were answered 500 once more
+    assert sorted(r.provider_id for r in rows) == sorted(m.sid for m in twilio.messages)
+
+
+async def test_twilio_5xx_after_storing_the_message_is_found_and_not_sent_again(
+    db: Database, tmp_path: Path
+) -> None:
+    async with FakeTwilio(account_sid=SID, auth_token=TOKEN) as twilio:
+        twilio.fail_next(503, n=2, stored=True)
+        campaign_id, engine = await twilio_campaign(db, tmp_path, twilio, patients=3)
+        await drain(engine)
+        received = sorted(m.to for m in twilio.messages)
+        posts = len(twilio.posts)
+    rows = await deliveries(db, campaign_id)
+    assert {r.status for r in rows} == {DeliveryStatus.sent}
+    assert received == [f"+5255123400{n:02d}" for n in range(1, 4)]  # nobody twice
+    assert posts == 3
+    assert sorted(r.provider_id for r in rows) == sorted(m.sid for m in twilio.messages)
+
+
+async def test_an_sms_twilio_cannot_be_asked_about_ends_unknown_after_retry_for(
+    db: Database, tmp_path: Path
+) -> None:
+    async with FakeTwilio(account_sid=SID, auth_token=TOKEN) as twilio:
+        twilio.fail_next("drop")
+        twilio.fail_lists(500, n=1000)  # Twilio's list stays down
+        campaign_id, engine = await twilio_campaign(db, tmp_path, twilio, retry_for="2s")
+        await drain(engine)
+        posts = len(twilio.posts)
+        asked = len([r for r in twilio.requests if r.method == "GET"])
     [row] = await deliveries(db, campaign_id)
     assert row.status == DeliveryStatus.unknown
-    assert posts == 1 and accepted == 1
+    assert "could not ask Twilio" in (row.reason or "")
+    assert posts == 1 and asked >= 2  # asked again and again, never re-sent
+    assert await status_of(db, campaign_id) == CampaignStatus.completed
 
 
 def test_the_channel_gate_shuts_on_a_refused_channel_and_reopens() -> None:
