@@ -14,6 +14,7 @@ from modals.messages import CHANNEL_NAMES, STATUS_EMOJI, slack_time
 from services.snapshot import ChannelNumbers, Snapshot
 
 BAR_WIDTH = 20
+PROVIDER_NAMES = {"email": "email server", "sms": "SMS provider"}
 REASONS_SHOWN = 5
 # Providers sometimes quote the recipient in a reason ("550 <ana@x.mx>: no such user");
 # chat logs must not carry it (SPEC §3), so addresses and numbers are masked when shown.
@@ -70,6 +71,11 @@ def progress_message(snap: Snapshot) -> tuple[str, list[Block]]:
             parts.append(f"{c.waiting:,} waiting for quiet hours")
         if c.unknown:
             parts.append(f"{c.unknown:,} unknown")
+        if c.unreachable:
+            parts.append(f"{PROVIDER_NAMES.get(c.channel, c.channel)} unreachable, retrying "
+                         f"({c.unreachable:,} waiting)")
+        elif c.retrying:
+            parts.append(f"{c.retrying:,} to be retried")
         lines.append(f"*{name}:* " + ", ".join(parts))
     footer = f"{snap.rate:g} messages/s · started {slack_time(snap.started_at)}"
     if snap.waiting_until is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaign_summary import (
@@ -20,6 +20,7 @@ from services.campaign_summary import (
     delivery_counts,
     waiting_for_quiet_hours,
 )
+from services.delivery.outcomes import UNREACHABLE
 from services.errors import NotFound
 from services.models import (
     Campaign,
@@ -59,6 +60,8 @@ class ChannelNumbers:
     opened: int
     clicked: int
     opted_out: int
+    retrying: int = 0  # pending again after an attempt that certainly (or perhaps) failed
+    unreachable: int = 0  # of those, waiting because the provider could not be reached
 
     @property
     def reachable(self) -> int:
@@ -161,9 +164,11 @@ async def take(
     used = Channel(campaign.channel).delivery_channels
     counts = await delivery_counts(session, campaign_id, used)
     waiting = await waiting_per_channel(session, campaign_id)
+    retrying = await retrying_per_channel(session, campaign_id)
     opted_out = await opted_out_counts(session, campaign_id)
     until = (await waiting_for_quiet_hours(session, campaign_id))["until"]
-    channels = {name: _channel(name, c, waiting.get(name, 0), opted_out.get(name, 0))
+    channels = {name: _channel(name, c, waiting.get(name, 0), opted_out.get(name, 0),
+                               retrying.get(name, (0, 0)))
                 for name, c in counts.items()}
     return Snapshot(
         campaign_id=campaign.id, subject=campaign.subject, status=campaign.status.value,
@@ -186,11 +191,30 @@ async def waiting_per_channel(session: AsyncSession, campaign_id: int) -> dict[s
     return {DeliveryChannel(channel).value: int(count) for channel, count in rows}
 
 
-def _channel(name: str, c: dict[str, Any], waiting: int, opted_out: int) -> ChannelNumbers:
+async def retrying_per_channel(
+    session: AsyncSession, campaign_id: int
+) -> dict[str, tuple[int, int]]:
+    """Per channel: deliveries waiting to be tried again, and how many of them wait for an
+    unreachable provider (mail server or Twilio down)."""
+    rows = await session.execute(
+        select(Delivery.channel, func.count(),
+               func.count(case((Delivery.error_code == UNREACHABLE, 1))))
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.pending,
+               Delivery.retry_since.is_not(None))
+        .group_by(Delivery.channel)
+    )
+    return {DeliveryChannel(channel).value: (int(total), int(unreachable))
+            for channel, total, unreachable in rows}
+
+
+def _channel(
+    name: str, c: dict[str, Any], waiting: int, opted_out: int, retrying: tuple[int, int]
+) -> ChannelNumbers:
     return ChannelNumbers(
         channel=name, audience=c["total"], skipped=c["skipped"],
         skipped_reasons=dict(c["skipped_reasons"]), sent=c["sent"] + c["delivered"],
         delivered=c["delivered"], failed=c["failed"], failed_reasons=dict(c["failed_reasons"]),
         unknown=c["unknown"], pending=c["pending"] + c["sending"], waiting=waiting,
         opened=c["opened"], clicked=c["clicked"], opted_out=opted_out,
+        retrying=retrying[0], unreachable=retrying[1],
     )
