@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bot.db import Database
 from bot.settings import Settings
-from services.delivery.ledger import CampaignEvent
+from services.delivery.campaign_runs import CampaignEvent
 from services.tokens import TokenSigner
 
 

@@ -32,7 +32,8 @@ from bot.settings import Settings
 from modals.common import escape
 from modals.snapshot import campaign_message, notice, scrub
 from services import audit, chart, notices, rules, snapshot
-from services.delivery.ledger import ENGINE_ACTOR, CampaignEvent
+from services.delivery.campaign_runs import CampaignEvent
+from services.delivery.ledger import ENGINE_ACTOR
 from services.models import Campaign
 from services.rules import Rule
 

@@ -15,7 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from services.delivery import ledger
+from services.delivery import campaign_runs
 from services.delivery.engine import DeliveryEngine
 from services.models import utcnow
 
@@ -71,7 +71,7 @@ class CampaignScheduler:
         try:
             await self.engine.tick()
             async with self.engine.db.transaction() as session:
-                next_due = await ledger.next_due_at(session)
+                next_due = await campaign_runs.next_due_at(session)
         except Exception:
             log.exception("scheduler sweep failed; the next sweep retries")
             return

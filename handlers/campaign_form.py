@@ -31,7 +31,7 @@ from modals.common import Metadata
 from services import campaigns, drafts, notices
 from services.attachments import AttachmentInput, too_large_text
 from services.campaign_validation import CampaignInput
-from services.delivery.ledger import CampaignEvent
+from services.delivery.campaign_runs import CampaignEvent
 from services.errors import ValidationFailed
 from services.models import ModalDraft
 

@@ -17,7 +17,7 @@ from modals import ids
 from modals.messages import created_message, list_message
 from modals.snapshot import snapshot_message
 from services import access, campaigns, notices, snapshot
-from services.delivery.ledger import CampaignEvent
+from services.delivery.campaign_runs import CampaignEvent
 from services.models import AccessLevel, Campaign, CampaignStatus
 
 log = logging.getLogger(__name__)

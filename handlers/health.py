@@ -13,7 +13,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from bot.context import CONTEXT
-from services.delivery import ledger
+from services.delivery import recovery
 from services.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT), context.db.read() as session:
             await session.execute(text("SELECT 1"))
-            problems = await ledger.health_problems(session, now=utcnow())
+            problems = await recovery.health_problems(session, now=utcnow())
     except Exception as exc:
         log.warning("health check: database unreachable: %s", type(exc).__name__)
         return web.json_response(

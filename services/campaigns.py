@@ -24,7 +24,7 @@ from services.campaign_validation import (
     send_at_problem,
     validate,
 )
-from services.delivery import ledger
+from services.delivery import campaign_runs
 from services.errors import NotFound, ValidationFailed
 from services.limits import CampaignLimits
 from services.models import (
@@ -248,7 +248,7 @@ async def send_now(
         await session.flush()
         # What the sender does when it starts a due campaign: its deliveries, in this same
         # transaction, so that a `sending` campaign always has its ledger.
-        await ledger.create_deliveries(session, campaign_id=campaign.id, now=now)
+        await campaign_runs.create_deliveries(session, campaign_id=campaign.id, now=now)
     else:
         transition(campaign, CampaignStatus.scheduled, now=now)
     campaign.send_now = True

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from services.delivery.email_message import Attachment, CampaignMail, links_in
 from services.delivery.email_sender import EmailSender
-from services.delivery.engine import CampaignContent, Job
+from services.delivery.jobs import CampaignContent, Job
 from services.delivery.outcomes import Outcome, SendResult
 from services.delivery.sms_sender import SmsSender
 from services.delivery.sms_text import check_length, compose

@@ -23,85 +23,25 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
-from zoneinfo import ZoneInfo
-
-from sqlalchemy import select
 
 from bot.db import Database
-from services import consent
-from services.campaign_summary import QUIET_HOURS_REASON
-from services.delivery import ledger
-from services.delivery.ledger import CampaignEvent, Claimed, Outcome
+from services.delivery import campaign_runs, ledger, recovery
+from services.delivery.campaign_runs import CampaignEvent
+from services.delivery.jobs import ChannelDriver, Job, JobMaker
+from services.delivery.ledger import Outcome
 from services.delivery.outcomes import Outcome as Result
 from services.delivery.outcomes import SendResult
 from services.delivery.rate_limit import RateLimiter
-from services.delivery.retries import Attempt, RetryPolicy, decide, held_back, not_attempted
+from services.delivery.retries import Outages, RetryPolicy, decide, held_back, not_attempted
 from services.delivery.writer import LedgerWriter, OptOut, WriterClosed, is_connection_error
 from services.models import (
-    Campaign,
-    CampaignAttachment,
     DeliveryChannel,
     DeliveryStatus,
-    Patient,
     utcnow,
 )
 from services.quiet_hours import QuietHours
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CampaignContent:
-    """What every delivery of one campaign shares (loaded once per campaign per process)."""
-
-    id: int
-    subject: str
-    preview_text: str | None
-    message: str
-    attachment: CampaignAttachment | None
-
-
-@dataclass(frozen=True)
-class Job:
-    """One claimed delivery, ready for a driver."""
-
-    delivery_id: int
-    attempts: int
-    campaign: CampaignContent
-    patient: Patient
-    address: str
-    attempted_at: datetime | None = None  # an earlier hand-over whose fate is unknown
-    retry_since: datetime | None = None
-    # Why it may not be sent now (consent withdrawn since an unclear hand-over, which is
-    # still asked about): if the provider does not have it, it ends skipped.
-    skip_reason: str | None = None
-
-    @property
-    def attempt(self) -> Attempt:
-        return Attempt(self.delivery_id, self.address, self.attempts, self.retry_since,
-                       self.attempted_at)
-
-
-class ChannelDriver(Protocol):
-    """Renders and sends one channel's messages; knows nothing of the ledger."""
-
-    channel: DeliveryChannel
-    concurrency: int  # messages between hand-over mark and recorded outcome (≤ 16)
-
-    @property
-    def can_ask_provider(self) -> bool: ...
-
-    def address_of(self, patient: Patient) -> str | None: ...
-
-    async def ask_provider(self, job: Job) -> SendResult | None:
-        """Whether the provider holds `job`'s message from its earlier hand-over: SENT, None
-        (certainly not: send it), UNKNOWN (cannot tell now), CHANNEL_DOWN."""
-        ...
-
-    async def send(self, job: Job) -> SendResult: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -136,15 +76,6 @@ ProgressListener = Callable[[set[int]], Awaitable[None]]
 
 
 @dataclass
-class _Outage:
-    """The channel's provider cannot be reached: messages wait instead of each trying."""
-
-    until: datetime
-    reason: str
-    failures: int
-
-
-@dataclass
 class DeliveryEngine:
     db: Database
     config: EngineConfig
@@ -163,11 +94,10 @@ class DeliveryEngine:
             d.channel: RateLimiter(self.config.rates.get(d.channel, 1.0)) for d in self.drivers
         }
         self._slots = {d.channel: asyncio.Semaphore(d.concurrency) for d in self.drivers}
-        self._contents: dict[int, CampaignContent] = {}
+        self._jobs = JobMaker(self.config.quiet_hours, self.config.clinic_timezone)
         self._down: dict[DeliveryChannel, list[str]] = {d.channel: [] for d in self.drivers}
         self._in_flight: dict[DeliveryChannel, int] = {d.channel: 0 for d in self.drivers}
-        self._outage: dict[DeliveryChannel, _Outage] = {}
-        self._probe = {d.channel: asyncio.Lock() for d in self.drivers}
+        self._outages = Outages()
         self._turn: dict[DeliveryChannel, int] = {}  # round-robin: the last batch's first
         self._held: set[int] = set()  # deliveries this process has claimed and not recorded
         self._tasks: list[asyncio.Task[None]] = []
@@ -205,7 +135,7 @@ class DeliveryEngine:
         # its entry is gone, so its claims belong to nobody.
         try:
             async with self.db.transaction() as session:
-                await ledger.forget_process(session, sender_id=self.sender_id)
+                await recovery.forget_process(session, sender_id=self.sender_id)
         except Exception as exc:
             log.warning("could not unregister sender %s: %s", self.sender_id, exc)
         for driver in self.drivers:
@@ -215,11 +145,6 @@ class DeliveryEngine:
         """Something changed (a campaign was created, rescheduled, cancelled): look now."""
         self._wake.set()
 
-    @property
-    def database_failing_for(self) -> float | None:
-        """Seconds the ledger writes have been failing (None while they land)."""
-        return self._writer.failing_for
-
     async def recover(self) -> None:
         """Take back the claims of dead processes (see ledger.py), and this process's own
         claims that a lost commit answer left behind; close what that finished."""
@@ -228,21 +153,21 @@ class DeliveryEngine:
                  and now - self._connected_since >= self.config.stale_after)
         askable = [d.channel for d in self.drivers if d.can_ask_provider]
         async with self.db.transaction() as session:
-            processes = await ledger.judge_processes(
+            processes = await recovery.judge_processes(
                 session, now=now, stale_after=self.config.stale_after,
-                hostname=socket.gethostname(), me=self.sender_id, pid_alive=_pid_alive,
+                hostname=socket.gethostname(), me=self.sender_id, pid_alive=recovery.pid_alive,
                 trust_heartbeats=trust,
             )
-            recovered = await ledger.recover_orphans(
+            recovered = await recovery.recover_orphans(
                 session, dead=processes.dead, known=processes.known, now=now,
                 stale_after=self.config.stale_after, askable=askable,
                 settle=self.config.ask_settle,
             )
-            released = await ledger.release_lost_claims(
+            released = await recovery.release_lost_claims(
                 session, sender_id=self.sender_id, holding=set(self._held),
                 claimed_before=now - timedelta(minutes=1),
             )
-            await ledger.forget_dead(session, dead=processes.dead)
+            await recovery.forget_dead(session, dead=processes.dead)
         for campaign_id, r in recovered.items():
             log.warning("campaign %s: a sender process stopped mid-send: %d deliveries it had "
                         "not handed over will be sent, %d will be checked with the provider, "
@@ -261,11 +186,11 @@ class DeliveryEngine:
         """Start (or mark missed) every scheduled campaign that is due now."""
         now = self.clock()
         async with self.db.transaction() as session:
-            due = await ledger.due_campaigns(session, now=now)
+            due = await campaign_runs.due_campaigns(session, now=now)
         events: list[CampaignEvent] = []
         for campaign_id, send_at in due:
             async with self.db.transaction() as session:
-                event = await ledger.start_campaign(
+                event = await campaign_runs.start_campaign(
                     session, campaign_id=campaign_id, send_at=send_at, now=now,
                     grace=self.config.grace,
                 )
@@ -287,8 +212,8 @@ class DeliveryEngine:
                 for _ in range(self.config.batches_in_flight)
             ))
             async with self.db.transaction() as session:
-                cancelled = await ledger.skip_cancelled(session, now=self.clock())
-                ids = await ledger.sending_campaign_ids(session)
+                cancelled = await campaign_runs.skip_cancelled(session, now=self.clock())
+                ids = await campaign_runs.sending_campaign_ids(session)
             await self._finish([*ids, *cancelled])
         finally:
             if started_here:
@@ -301,8 +226,8 @@ class DeliveryEngine:
         with nothing left to send (the safety net under every other completion check)."""
         await self.start_due()
         async with self.db.transaction() as session:
-            cancelled = await ledger.skip_cancelled(session, now=self.clock())
-            events = await ledger.close_finished(session, now=self.clock())
+            cancelled = await campaign_runs.skip_cancelled(session, now=self.clock())
+            events = await campaign_runs.close_finished(session, now=self.clock())
         await self._emit(events)
         if cancelled:
             await self._progress(set(cancelled))
@@ -335,7 +260,7 @@ class DeliveryEngine:
                 await self._sleep(self._idle_seconds(driver.channel))
 
     def _idle_seconds(self, channel: DeliveryChannel) -> float:
-        outage = self._outage.get(channel)
+        outage = self._outages.current(channel)
         if outage is None:
             return self.config.poll_interval
         left = (outage.until - self.clock()).total_seconds()
@@ -348,7 +273,7 @@ class DeliveryEngine:
 
     async def _heartbeat(self) -> None:
         async with self.db.transaction() as session:
-            await ledger.heartbeat(session, sender_id=self.sender_id,
+            await recovery.heartbeat(session, sender_id=self.sender_id,
                                    hostname=socket.gethostname(), pid=os.getpid(),
                                    now=self.clock())
 
@@ -374,8 +299,8 @@ class DeliveryEngine:
             return
         try:
             async with self.db.transaction() as session:
-                done = await ledger.without_open_deliveries(session, campaign_ids=ids)
-                events = await ledger.finish_campaigns(session, campaign_ids=done,
+                done = await campaign_runs.without_open_deliveries(session, campaign_ids=ids)
+                events = await campaign_runs.finish_campaigns(session, campaign_ids=done,
                                                        now=self.clock())
         except Exception as exc:
             _log_failure("closing finished campaigns", exc)
@@ -398,8 +323,7 @@ class DeliveryEngine:
         """Claim, check and send one batch; False when nothing was due (or the channel's
         provider is unreachable for now)."""
         channel = driver.channel
-        outage = self._outage.get(channel)
-        if outage is not None and outage.until > self.clock():
+        if self._outages.waiting(channel, self.clock()):
             return False
         now = self.clock()
         async with self.db.transaction() as session:
@@ -408,7 +332,7 @@ class DeliveryEngine:
                                          after_campaign=self._turn.get(channel))
             if not claimed:
                 return False
-            jobs, early = await self._prepare(session, driver, claimed, now)
+            jobs, early = await self._jobs.prepare(session, driver, claimed, now)
             await ledger.record(session, early, now=now)
         self._turn[channel] = claimed[0].campaign_id
         held = {job.delivery_id for job in jobs}
@@ -455,14 +379,14 @@ class DeliveryEngine:
         down = self._down[channel]
         if down:
             return not_attempted(job.attempt, down[0]), None
-        if channel not in self._outage:
+        if self._outages.current(channel) is None:
             return await self._hand_over(driver, job)
         # The provider was unreachable: one message at a time probes it (the others wait
         # here or are held back), so an outage costs an attempt per backoff, not per patient.
-        async with self._probe[channel]:
-            outage = self._outage.get(channel)
+        async with self._outages.probe(channel):
             now = self.clock()
-            if outage is not None and outage.until > now:
+            outage = self._outages.waiting(channel, now)
+            if outage is not None:
                 return held_back(job.attempt, until=outage.until, reason=outage.reason,
                                  now=now, policy=policy), None
             return await self._hand_over(driver, job)
@@ -504,16 +428,11 @@ class DeliveryEngine:
         if result.outcome is Result.CHANNEL_DOWN:
             self._down[channel].append(result.reason or "the channel is down")
         elif result.outcome is Result.RETRY and result.unreachable:
-            previous = self._outage.get(channel)
-            failures = previous.failures + 1 if previous else 1
-            wait = self.config.retry_policy.backoff(failures)
-            until = self.clock() + timedelta(seconds=wait)
-            self._outage[channel] = _Outage(until, result.reason or "unreachable", failures)
-            if previous is None:
+            if self._outages.unreachable(channel, result.reason or "unreachable",
+                                         now=self.clock(), policy=self.config.retry_policy):
                 log.warning("%s provider unreachable (%s); retrying", channel, result.reason)
-        elif result.outcome is Result.SENT and channel in self._outage:
+        elif result.outcome is Result.SENT and self._outages.reachable(channel):
             log.warning("%s provider reachable again", channel)
-            del self._outage[channel]
 
     async def _progress(self, campaign_ids: set[int]) -> None:
         if self.on_progress is None:
@@ -523,63 +442,6 @@ class DeliveryEngine:
         except Exception:
             log.exception("reporting progress of campaigns %s failed", sorted(campaign_ids))
 
-    async def _prepare(
-        self, session: object, driver: ChannelDriver, claimed: list[Claimed], now: datetime
-    ) -> tuple[list[Job], list[Outcome]]:
-        """Consent, address and quiet hours, checked now (at send time): jobs to send, and
-        outcomes for the rest (skipped, or deferred to the SMS window)."""
-        patient_ids = {c.patient_id for c in claimed}
-        rows = await session.execute(select(Patient).where(Patient.id.in_(patient_ids)))  # type: ignore[attr-defined]
-        patients = {p.id: p for p in rows.scalars()}
-        jobs: list[Job] = []
-        early: list[Outcome] = []
-        for item in claimed:
-            patient = patients[item.patient_id]
-            reason = consent.skip_reason(patient, driver.channel)
-            address = driver.address_of(patient) if reason is None else None
-            if reason is None and not address:
-                reason = consent.NO_ADDRESS
-            if reason is not None and item.attempted_at is None:
-                early.append(Outcome(item.id, DeliveryStatus.skipped, reason=reason,
-                                     undo_attempt=True))
-                continue
-            opening = self._window_opening(driver.channel, patient, now)
-            if opening is not None:
-                early.append(Outcome(item.id, DeliveryStatus.pending,
-                                     reason=QUIET_HOURS_REASON,
-                                     next_attempt_at=opening, undo_attempt=True))
-                continue
-            content = await self._content(session, item.campaign_id)
-            # An earlier hand-over is asked about even if the patient opted out since: the
-            # answer settles what happened; nothing is sent again without consent.
-            jobs.append(Job(item.id, item.attempts, content, patient,
-                            address or (patient.phone or patient.email or ""),
-                            item.attempted_at, item.retry_since, reason))
-        return jobs, early
-
-    def _window_opening(
-        self, channel: DeliveryChannel, patient: Patient, now: datetime
-    ) -> datetime | None:
-        quiet = self.config.quiet_hours
-        if channel is not DeliveryChannel.sms or quiet is None:
-            return None
-        zone = _zone(patient.timezone) or _zone(self.config.clinic_timezone) or ZoneInfo("UTC")
-        opening = quiet.next_opening(now, zone)
-        return None if opening <= now else opening
-
-    async def _content(self, session: object, campaign_id: int) -> CampaignContent:
-        cached = self._contents.get(campaign_id)
-        if cached is not None:
-            return cached
-        campaign = await session.get(Campaign, campaign_id)  # type: ignore[attr-defined]
-        attachment = await session.get(CampaignAttachment, campaign_id)  # type: ignore[attr-defined]
-        content = CampaignContent(campaign.id, campaign.subject, campaign.preview_text,
-                                  campaign.message, attachment)
-        if len(self._contents) > 32:
-            self._contents.clear()
-        self._contents[campaign_id] = content
-        return content
-
 
 def _log_failure(what: str, exc: Exception) -> None:
     if is_connection_error(exc):
@@ -588,20 +450,3 @@ def _log_failure(what: str, exc: Exception) -> None:
         log.error("%s failed; retrying", what, exc_info=exc)
 
 
-def _zone(name: str | None) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except Exception:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -107,3 +108,44 @@ def held_back(
 def _minutes(delta: timedelta) -> str:
     minutes = delta.total_seconds() / 60
     return f"{minutes:g} min" if minutes >= 1 else f"{delta.total_seconds():g} s"
+
+
+@dataclass
+class Outage:
+    until: datetime
+    reason: str
+    failures: int
+
+
+class Outages:
+    """Channels whose provider cannot be reached (connection refused, mail server away): the
+    channel waits out a growing backoff, then one message at a time probes it (`probe`), so an
+    outage costs an attempt per backoff rather than one per waiting patient."""
+
+    def __init__(self) -> None:
+        self._outages: dict[str, Outage] = {}
+        self._probes: dict[str, asyncio.Lock] = {}
+
+    def current(self, channel: str) -> Outage | None:
+        return self._outages.get(channel)
+
+    def waiting(self, channel: str, now: datetime) -> Outage | None:
+        """The outage if the channel is inside its backoff now."""
+        outage = self._outages.get(channel)
+        return outage if outage is not None and outage.until > now else None
+
+    def probe(self, channel: str) -> asyncio.Lock:
+        return self._probes.setdefault(channel, asyncio.Lock())
+
+    def unreachable(self, channel: str, reason: str, *, now: datetime,
+                    policy: RetryPolicy) -> bool:
+        """Note a failed attempt to reach the provider; True if it was reachable until now."""
+        previous = self._outages.get(channel)
+        failures = previous.failures + 1 if previous else 1
+        until = now + timedelta(seconds=policy.backoff(failures))
+        self._outages[channel] = Outage(until, reason, failures)
+        return previous is None
+
+    def reachable(self, channel: str) -> bool:
+        """Note a message got through; True if the channel was in an outage."""
+        return self._outages.pop(channel, None) is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from bot.db import Database
-from services.delivery import ledger
+from services.delivery import ledger, recovery
 from services.delivery.ledger import Outcome
 from services.models import (
     Campaign,
@@ -184,7 +184,7 @@ async def test_a_dead_process_handed_over_sms_are_asked_about_not_resent_blindly
             row = await session.get(Delivery, claimed[0].id)
             assert row is not None
             patient = await session.get(Patient, row.patient_id)
-            content = await engine._content(session, campaign_id)
+            content = await engine._jobs._content(session, campaign_id)
             body = sms.text_for(content, patient)  # type: ignore[attr-defined]
             assert patient is not None and patient.phone is not None
             phone = patient.phone
@@ -214,7 +214,7 @@ async def test_a_process_wrongly_taken_for_dead_sends_nothing_it_lost_and_keeps_
     a = "hostA:1:alive"
     claimed = await claim_as(db, a, channel=DeliveryChannel.email, limit=2, handed_over=1)
     async with db.transaction() as session:
-        await ledger.recover_orphans(session, dead=[a], known=[a], now=utcnow(),
+        await recovery.recover_orphans(session, dead=[a], known=[a], now=utcnow(),
                                      stale_after=timedelta(seconds=10))
     async with db.transaction() as session:
         # A now tries to hand over its second claim: it is no longer A's, so A must not.
@@ -312,7 +312,7 @@ async def test_health_problems_name_stuck_deliveries_and_late_campaigns(
                               .values(send_at=utcnow() + timedelta(hours=1)))
     await engine.start_due()
     async with db.read() as session:
-        assert await ledger.health_problems(session, now=utcnow()) == []
+        assert await recovery.health_problems(session, now=utcnow()) == []
     await claim_as(db, "busy:1:x", channel=DeliveryChannel.email, limit=1)
     async with db.transaction() as session:
         await session.execute(update(Delivery).where(Delivery.campaign_id == stuck)
@@ -320,7 +320,7 @@ async def test_health_problems_name_stuck_deliveries_and_late_campaigns(
         await session.execute(update(Campaign).where(Campaign.id == late)
                               .values(send_at=utcnow() - timedelta(minutes=10)))
     async with db.read() as session:
-        problems = await ledger.health_problems(session, now=utcnow())
+        problems = await recovery.health_problems(session, now=utcnow())
     assert len(problems) == 2
     assert "1 deliveries have been in flight" in problems[0]
     assert "1 campaigns due since" in problems[1]
