@@ -9,6 +9,10 @@ Faults: a reply code for the next N messages or for one recipient (at MAIL, RCPT
 dropping the connection before DATA or after the message was received (it is recorded, then
 the connection closes with no reply), stalling after DATA, a login (535 when wrong), STARTTLS
 or implicit TLS with a certificate from a throwaway test CA (trustme).
+
+The server can also go away as a whole: `away(30)` (non-blocking) or `go_away()` /
+`come_back()` close every open connection and leave nothing listening on the port (clients
+get ECONNREFUSED), then listen again on the same port.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import socket
 import ssl
 import threading
 import warnings
+import weakref
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
@@ -153,18 +160,68 @@ class _Handler:
 
 
 class _Controller(Controller):
-    """Controller on a free port (port 0), counting connections."""
+    """Controller on a free port (port 0), counting connections; it can go away and return."""
 
     def __init__(self, state: _State, handler: _Handler, **kwargs: Any) -> None:
         super().__init__(handler, hostname="127.0.0.1", port=0, **kwargs)
         self.state = state
+        self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        # While away, a bound socket that does not listen keeps the port ours: connects are
+        # refused (nothing listens) and no other program can take the port meanwhile.
+        self.placeholder: socket.socket | None = None
+        self.return_timer: asyncio.TimerHandle | None = None
 
     def factory(self) -> SMTP:
         with self.state.lock:
             self.state.connections += 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "AUTH without TLS": deliberate in tests
-            return super().factory()
+            session = super().factory()
+        self.sessions.add(session)
+        return session
+
+    def _create_server(self) -> Coroutine[Any, Any, asyncio.AbstractServer]:
+        # As aiosmtpd's, plus SO_REUSEPORT: the placeholder can then bind the port while
+        # this server still holds it, and the server can bind it again while the
+        # placeholder does.
+        return self.loop.create_server(
+            self._factory_invoker, host=self.hostname, port=self.port,
+            ssl=self.ssl_context, reuse_port=True,
+        )
+
+    async def go_away(self) -> None:
+        """(In the controller's loop.) Stop listening, then close every open session."""
+        if self.return_timer is not None:
+            self.return_timer.cancel()
+            self.return_timer = None
+        if self.placeholder is not None:
+            return
+        placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        placeholder.bind((self.hostname, self.port))
+        self.placeholder = placeholder
+        assert self.server is not None
+        self.server.close()  # closes the listening socket, not the sessions (Python ≤ 3.12)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+
+    async def come_back(self) -> None:
+        """(In the controller's loop.) Listen again on the same port."""
+        if self.return_timer is not None:
+            self.return_timer.cancel()
+            self.return_timer = None
+        if self.placeholder is None:
+            return
+        self.server = await self._create_server()
+        self.placeholder.close()
+        self.placeholder = None
+
+    async def away_for(self, seconds: float) -> None:
+        await self.go_away()
+        self.return_timer = self.loop.call_later(
+            seconds, lambda: self.loop.create_task(self.come_back()))
 
     def _trigger_server(self) -> None:
         assert self.server is not None
@@ -220,6 +277,33 @@ class FakeSmtp:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._controller.stop()
+        if self._controller.placeholder is not None:  # stopped while away
+            self._controller.placeholder.close()
+            self._controller.placeholder = None
+
+    def _in_server_loop(self, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `action` in the server's own loop (thread) and wait until it is done."""
+        if threading.current_thread() is self._controller._thread:
+            raise RuntimeError("call this from outside the server's thread (a handler would "
+                               "wait for itself)")
+        future = asyncio.run_coroutine_threadsafe(action(), self._controller.loop)
+        future.result(timeout=10)
+
+    def go_away(self) -> None:
+        """Close every open connection and listen no more: connects are refused from now on."""
+        self._in_server_loop(self._controller.go_away)
+
+    def come_back(self) -> None:
+        """Listen again, on the same port (also cancels the return `away()` scheduled)."""
+        self._in_server_loop(self._controller.come_back)
+
+    def away(self, seconds: float) -> None:
+        """`go_away()` now and `come_back()` after `seconds`; returns at once."""
+        self._in_server_loop(lambda: self._controller.away_for(seconds))
+
+    @property
+    def is_away(self) -> bool:
+        return self._controller.placeholder is not None
 
     @property
     def port(self) -> int:
