@@ -214,3 +214,31 @@ async def test_a_scheduled_campaign_survives_a_restart_and_is_sent_once_due(
             assert await second.stop() == 0
         received = sorted(r for m in smtp.messages for r in m.recipients)
     assert received == ["p0001@example.com", "p0002@example.com", "p0003@example.com"]
+
+
+async def test_a_survivor_takes_over_a_killed_process_claims_without_any_restart(
+    db: Database, tmp_path: Path
+) -> None:
+    with FakeSmtp() as smtp:
+        env = bot_env(db, tmp_path, smtp, EMAIL_RATE="40")
+        async with running_bot(tmp_path, "one", env) as one, \
+                running_bot(tmp_path, "two", env) as two:
+            campaign_id = await create_send_now(db, 200)
+            for _ in range(300):  # both are sending
+                claimers = {r.claimed_by for r in await ledger(db, campaign_id)
+                            if r.claimed_by is not None}
+                if len(claimers) == 2 and len(smtp.messages) >= 20:
+                    break
+                await asyncio.sleep(0.05)
+            one.kill()
+            await one.process.wait()
+            # Nobody restarts it: the survivor recovers its claims on its next heartbeat.
+            await wait_for(db, campaign_id, CampaignStatus.completed, [two])
+            assert await two.stop() == 0
+        received = Counter(r for m in smtp.messages for r in m.recipients)
+    rows = await ledger(db, campaign_id)
+    unknown = [r for r in rows if r.status == DeliveryStatus.unknown]
+    assert max(received.values()) == 1  # nobody got the campaign twice
+    assert len(unknown) <= 16  # at most the email driver's concurrency
+    assert all(r.status == DeliveryStatus.sent for r in rows if r not in unknown)
+    assert len(received) >= len(rows) - len(unknown)
