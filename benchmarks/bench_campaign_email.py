@@ -75,6 +75,10 @@ async def one_campaign(url: str, port: int, count: int, pdf: bytes) -> tuple[flo
     start = time.perf_counter()
     await engine.drain()
     elapsed = time.perf_counter() - start
+    commits, items = engine.ledger_writes
+    if commits:
+        print(f"  ledger group commits: {commits} for {items} marks and outcomes "
+              f"({items / commits:.1f} each)", file=sys.stderr)
     async with db.transaction() as session:
         sent = await session.scalar(
             select(func.count()).select_from(Delivery).where(

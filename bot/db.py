@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -92,6 +93,10 @@ class Database:
         self.url = database_url
         self.engine = make_engine(database_url, **engine_kwargs)
         self.sessions = make_sessionmaker(self.engine)
+        self._core_writer = (
+            self.engine.execution_options(sqlite_begin="IMMEDIATE")
+            if self.engine.dialect.name == "sqlite" else self.engine
+        )
 
     @property
     def dialect(self) -> str:
@@ -108,6 +113,12 @@ class Database:
             if self.dialect == "sqlite":
                 await session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
             yield session
+
+    async def core_connection(self) -> AsyncConnection:
+        """A Core connection of its own (no ORM session; `BEGIN IMMEDIATE` on SQLite): for the
+        send pipeline's group commit, which holds it and runs many short transactions on it
+        (a session and a pool checkout per transaction cost more than the statements)."""
+        return await self._core_writer.connect()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

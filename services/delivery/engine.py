@@ -43,6 +43,8 @@ from services.quiet_hours import QuietHours
 
 log = logging.getLogger(__name__)
 
+READY_FLOOR = 6  # marked messages waiting for the provider, below which marks are urgent
+
 
 @dataclass
 class EngineConfig:
@@ -98,6 +100,7 @@ class DeliveryEngine:
         self._down: dict[DeliveryChannel, list[str]] = {d.channel: [] for d in self.drivers}
         self._in_flight: dict[DeliveryChannel, int] = {d.channel: 0 for d in self.drivers}
         self._outages = Outages()
+        self._ready: dict[DeliveryChannel, int] = {d.channel: 0 for d in self.drivers}
         self._turn: dict[DeliveryChannel, int] = {}  # round-robin: the last batch's first
         self._held: set[int] = set()  # deliveries this process has claimed and not recorded
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,6 +143,11 @@ class DeliveryEngine:
             log.warning("could not unregister sender %s: %s", self.sender_id, exc)
         for driver in self.drivers:
             await driver.close()
+
+    @property
+    def ledger_writes(self) -> tuple[int, int]:
+        """(commits, marks and outcomes written in them) by the group commit so far."""
+        return self._writer.rounds, self._writer.items
 
     def wake(self) -> None:
         """Something changed (a campaign was created, rescheduled, cancelled): look now."""
@@ -403,18 +411,24 @@ class DeliveryEngine:
             return Outcome(job.delivery_id, DeliveryStatus.skipped, reason=job.skip_reason,
                            clear_attempt=True), None
         if result is None:
-            if not await self._writer.mark(job.delivery_id):
+            # Marks are written at once while fewer than a handful of messages stand ready
+            # for the provider (it would idle), else grouped with the next commit.
+            urgent = self._ready[channel] < READY_FLOOR
+            if not await self._writer.mark(job.delivery_id, urgent=urgent):
                 log.warning("delivery %s was taken back by recovery; not sending it",
                             job.delivery_id)
                 return None
             if down:  # went down while the mark was being written: nothing was handed over
                 return not_attempted(job.attempt, down[0]), None
-            await self._limiters[channel].acquire()
+            self._ready[channel] += 1
             try:
+                await self._limiters[channel].acquire()
                 result = await driver.send(job)
             except Exception as exc:  # a bug or an unclassified error: do not re-send
                 log.exception("delivery %s: unexpected error", job.delivery_id)
                 result = SendResult(Result.UNKNOWN, reason=f"unexpected error: {exc}")
+            finally:
+                self._ready[channel] -= 1
         self._learn(channel, result)
         outcome = decide(job.attempt, result, now=self.clock(), policy=policy,
                          can_ask=driver.can_ask_provider)

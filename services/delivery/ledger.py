@@ -44,7 +44,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.expression import Update
 
 from services.models import (
     Campaign,
@@ -175,21 +176,28 @@ async def _claim_from(
     return rows
 
 
+# Built once: the group commit runs these several times a second while sending, and
+# building an UPDATE (and its cache key) costs more Python time than SQLite takes to run it.
+_MARK = (
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("b_ids", expanding=True)),
+           Delivery.status == DeliveryStatus.sending,
+           Delivery.claimed_by == bindparam("b_sender"))
+    .values(attempted_at=bindparam("b_now", type_=UTCDateTime()))
+    .returning(Delivery.id)
+)
+
+
 async def mark_attempted(
-    session: AsyncSession, *, ids: Sequence[int], sender_id: str, now: datetime
+    session: AsyncSession | AsyncConnection, *, ids: Sequence[int], sender_id: str,
+    now: datetime,
 ) -> set[int]:
     """Note that these deliveries are about to be handed over; only rows that are still this
     process's claims are marked (recovery may have taken some back): send only those."""
     if not ids:
         return set()
-    result = await session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(list(ids)), Delivery.status == DeliveryStatus.sending,
-               Delivery.claimed_by == sender_id)
-        .values(attempted_at=now)
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(_MARK, {"b_ids": list(ids), "b_sender": sender_id,
+                                           "b_now": now})
     return set(result.scalars())
 
 
@@ -211,27 +219,16 @@ class Outcome:
     retry_since: datetime | None = None  # kept if already set
 
 
-async def record(
-    session: AsyncSession, outcomes: Sequence[Outcome], *, now: datetime,
-    sender_id: str | None = None,
-) -> None:
-    """Write a batch of outcomes with one executemany (not one commit each).
-
-    With `sender_id`, only rows still claimed by that process are written: `sending` ones,
-    and `unknown` ones that recovery gave up on while this process was cut off (its late
-    answer is better than "unknown"). Rows recovery put back to `pending` are left alone.
-    """
-    if not outcomes:
-        return
+def _record_statement(*, owned: bool) -> Update:
     condition = Delivery.status == DeliveryStatus.sending
-    if sender_id is not None:
+    if owned:
         # (`or_`, not `in_`: an expanding IN cannot be part of an executemany.)
         condition = and_(
-            Delivery.claimed_by == sender_id,
+            Delivery.claimed_by == bindparam("b_sender"),
             or_(Delivery.status == DeliveryStatus.sending,
                 Delivery.status == DeliveryStatus.unknown),
         )
-    statement = (
+    return (
         update(Delivery)
         .where(Delivery.id == bindparam("b_id"), condition)
         .values(
@@ -248,12 +245,29 @@ async def record(
                                       bindparam("b_since", type_=UTCDateTime())),
             updated_at=bindparam("b_now", type_=UTCDateTime()),
         )
-        .execution_options(synchronize_session=False)
     )
-    # Through the Core connection: an executemany of one UPDATE, not the ORM's per-row path.
-    connection = await session.connection()
+
+
+_RECORD = _record_statement(owned=False)
+_RECORD_OWNED = _record_statement(owned=True)
+
+
+async def record(
+    session: AsyncSession | AsyncConnection, outcomes: Sequence[Outcome], *, now: datetime,
+    sender_id: str | None = None,
+) -> None:
+    """Write a batch of outcomes with one executemany (not one commit each).
+
+    With `sender_id`, only rows still claimed by that process are written: `sending` ones,
+    and `unknown` ones that recovery gave up on while this process was cut off (its late
+    answer is better than "unknown"). Rows recovery put back to `pending` are left alone.
+    """
+    if not outcomes:
+        return
+    # Through a Core connection: an executemany of one UPDATE, not the ORM's per-row path.
+    connection = session if isinstance(session, AsyncConnection) else await session.connection()
     await connection.execute(
-        statement,
+        _RECORD if sender_id is None else _RECORD_OWNED,
         [
             {
                 "b_id": o.id,
@@ -268,6 +282,7 @@ async def record(
                 "b_clear": 1 if o.clear_attempt else 0,
                 "b_since": o.retry_since,
                 "b_now": now,
+                "b_sender": sender_id,
             }
             for o in outcomes
         ],

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bot.db import Database
 from services import consent
@@ -69,9 +69,11 @@ class LedgerWriter:
 
     def __init__(
         self, db: Database, *, sender_id: str, clock: Callable[[], datetime],
-        backoff_max: float = 5.0, max_errors: int = 5,
+        backoff_max: float = 5.0, max_errors: int = 5, linger: float = 0.004, group: int = 8,
     ) -> None:
         self.max_errors = max_errors
+        self.linger, self.group = linger, group
+        self.rounds = self.items = 0  # how well commits are grouped (benchmarks print it)
         self.db = db
         self.sender_id = sender_id
         self.clock = clock
@@ -79,8 +81,10 @@ class LedgerWriter:
         self._marks: list[tuple[int, asyncio.Future[bool]]] = []
         self._outcomes: list[tuple[Outcome, OptOut | None, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._give_up_at: float | None = None
+        self._connection: AsyncConnection | None = None  # the group commit's own
         self._idle = asyncio.Event()  # nothing waiting and nothing being written
         self._idle.set()
         self.failing_since: float | None = None  # monotonic; None while writes land
@@ -112,13 +116,24 @@ class LedgerWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        await self._drop_connection()
 
-    async def mark(self, delivery_id: int) -> bool:
+    async def _drop_connection(self) -> None:
+        """Give the connection back (after an error it may be broken: a fresh one next)."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def mark(self, delivery_id: int, *, urgent: bool = False) -> bool:
         """Commit that this delivery is about to be handed over; False if it is no longer
-        this process's claim (recovery took it back while this process was cut off)."""
+        this process's claim (recovery took it back while this process was cut off).
+        `urgent`: the provider is about to run out of messages to take, so write now."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._marks.append((delivery_id, future))
         self._idle.clear()
+        if urgent:
+            self._urgent.set()
         self._wake.set()
         return await future
 
@@ -135,12 +150,25 @@ class LedgerWriter:
         return await self._until_it_lands(work, what)
 
     async def _run(self) -> None:
+        last_round = -1.0
         while True:
             await self._wake.wait()
+            # Busy (the last round was moments ago): let a few more marks and outcomes join
+            # this round. A commit per one or two messages costs more than the provider's
+            # own work; the concurrency slots (16 for email) give the pipeline room for it.
+            if time.monotonic() - last_round < self.linger and (
+                len(self._marks) + len(self._outcomes) < self.group
+            ) and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self.linger)
             self._wake.clear()
+            self._urgent.clear()
+            last_round = time.monotonic()
             marks, self._marks = self._marks, []
             outcomes, self._outcomes = self._outcomes, []
             if marks or outcomes:
+                self.rounds += 1
+                self.items += len(marks) + len(outcomes)
                 await self._write_round(marks, outcomes)
             if self._marks or self._outcomes:
                 self._wake.set()
@@ -155,11 +183,14 @@ class LedgerWriter:
             marked = await self._until_it_lands(
                 functools.partial(self._write, marks=marks, outcomes=outcomes),
                 f"{len(outcomes)} outcomes and {len(marks)} hand-overs",
+                # Opt-outs go through the ORM (consent events, audit); the rest is Core.
+                core=not any(opt_out for _, opt_out, _ in outcomes),
             )
-        except WriterClosed as exc:
+        except Exception as exc:  # WriterClosed, or a bug: never leave a waiter hanging
+            failure = exc if isinstance(exc, WriterClosed) else WriterClosed(str(exc))
             for future in [f for _, f in marks] + [f for _, _, f in outcomes]:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(failure)
             return
         for delivery_id, mark in marks:
             if not mark.done():
@@ -169,7 +200,7 @@ class LedgerWriter:
                 done.set_result(None)
 
     async def _write(
-        self, session: AsyncSession, *, marks: list[tuple[int, Any]],
+        self, session: AsyncSession | AsyncConnection, *, marks: list[tuple[int, Any]],
         outcomes: list[tuple[Outcome, OptOut | None, Any]],
     ) -> set[int]:
         now = self.clock()
@@ -189,15 +220,22 @@ class LedgerWriter:
                                            sender_id=self.sender_id, now=now)
 
     async def _until_it_lands(
-        self, work: Callable[[AsyncSession], Awaitable[T]], what: str
+        self, work: Callable[[Any], Awaitable[T]], what: str, *, core: bool = False
     ) -> T:
         delay = 0.1
         errors = 0
         while True:
             try:
-                async with self.db.transaction() as session:
-                    result = await work(session)
+                if core:
+                    if self._connection is None:
+                        self._connection = await self.db.core_connection()
+                    async with self._connection.begin():
+                        result = await work(self._connection)
+                else:
+                    async with self.db.transaction() as session:
+                        result = await work(session)
             except Exception as exc:
+                await self._drop_connection()
                 if not is_connection_error(exc):
                     errors += 1
                     if errors >= self.max_errors:  # not an outage: a bug, retrying won't help
