@@ -76,6 +76,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._placeholder: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -88,6 +89,7 @@ class TcpProxy:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._closed = True  # an outage() still sleeping must not listen again when it ends
         self._unlisten()
         for link in list(self._links):
             link.reset()
@@ -125,7 +127,7 @@ class TcpProxy:
 
     def heal(self) -> None:
         """Listen again on the same port."""
-        if not self.is_cut:
+        if not self.is_cut or self._closed:
             return
         self._listen()
         assert self._placeholder is not None
@@ -166,10 +168,10 @@ class TcpProxy:
         while self._listener is not None:
             try:
                 conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. ECONNABORTED: the client gave up while queued
+            except ConnectionAbortedError:  # the client gave up while queued: next one
                 continue
+            except OSError:  # nothing queued (EAGAIN), or e.g. out of descriptors: next time
+                return
             self.connections += 1
             task = self._loop.create_task(self._serve(conn))
             self._handlers.add(task)
