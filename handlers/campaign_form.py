@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.senders import links
 from handlers import campaign_list
 from handlers.audience import ACTION, WRITE, metadata_of
 from handlers.errors import acknowledged, on_error
@@ -29,16 +31,20 @@ from modals.campaign_form import (
 )
 from modals.common import Metadata
 from services import campaigns, drafts, notices
-from services.attachments import AttachmentInput, too_large_text
+from services.attachments import AttachmentInput, limit_text, too_large_text
 from services.campaign_validation import CampaignInput
 from services.delivery.campaign_runs import CampaignEvent
 from services.errors import ValidationFailed
 from services.models import ModalDraft
 
 log = logging.getLogger(__name__)
-# The submission must be answered within Slack's 3 s (errors go in the ack): a slow download
-# is an error the user can act on (attach it again), not a timed-out modal.
-DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+# The submission must be answered within Slack's 3 s (errors go in the ack), and validation
+# and the database still follow the download: a slow download is an error the user can act
+# on (attach it again), not a timed-out modal.
+DOWNLOAD_SECONDS = 2.0
+# Links are signed tokens of one length whatever the id, so a link for a campaign not yet
+# created (the preview, validation) is exactly as long as the real one.
+PLACEHOLDER_CAMPAIGN_ID = 0
 
 
 class DownloadFailed(Exception):
@@ -46,37 +52,64 @@ class DownloadFailed(Exception):
 
 
 async def download(d: SlackDeps, client: AsyncWebClient, file: dict[str, Any]) -> bytes:
-    """The file's bytes, with the bot token, refusing more than the size limit."""
+    """The file's bytes exactly as uploaded, read to the end, refusing more than the limit."""
+    limit = d.settings.limits.attachment_max_bytes
+    declared = file.get("size")
+    if isinstance(declared, int) and declared > limit:  # no need to fetch it to say so
+        raise DownloadFailed(too_large_text(declared, limit))
+    try:
+        async with asyncio.timeout(DOWNLOAD_SECONDS):
+            return await _fetch(d, client, file, limit)
+    except TimeoutError:
+        raise DownloadFailed(
+            f"could not be fetched from Slack in time ({DOWNLOAD_SECONDS:g} seconds); attach "
+            f"it again, or a smaller file ({limit_text(limit)})") from None
+
+
+async def _fetch(d: SlackDeps, client: AsyncWebClient, file: dict[str, Any], limit: int) -> bytes:
     url = file.get("url_private_download") or file.get("url_private")
     if not url and file.get("id"):
         try:
             info = await client.files_info(file=str(file["id"]))
         except SlackApiError as exc:
-            raise DownloadFailed(f"Slack did not give the file ({exc.response.get('error')}); "
-                                 "attach it again") from None
+            raise DownloadFailed(f"could not be fetched: Slack answered "
+                                 f"{exc.response.get('error')}; attach it again") from None
         found = info.get("file") or {}
         url = found.get("url_private_download") or found.get("url_private")
     if not url:
-        raise DownloadFailed("Slack did not give the file; attach it again")
-    limit = d.settings.limits.attachment_max_bytes
+        raise DownloadFailed("could not be fetched: Slack gave no link to it; attach it again")
     headers = {"Authorization": f"Bearer {d.settings.slack_bot_token}"}
+    content = bytearray()
     try:
-        async with aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT) as http, \
+        async with aiohttp.ClientSession() as http, \
                 http.get(str(url), headers=headers) as response:
             if response.status != 200:
-                raise DownloadFailed(f"Slack answered {response.status} for the file; "
+                raise DownloadFailed(f"could not be fetched: Slack answered {response.status}; "
                                      "attach it again")
-            content = await response.content.read(limit + 1)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise DownloadFailed(f"the file could not be downloaded ({type(exc).__name__}); "
+            if response.content_length is not None and response.content_length > limit:
+                raise DownloadFailed(too_large_text(response.content_length, limit))
+            # Slack sends the file in pieces; one read returns only what has arrived so far.
+            async for piece in response.content.iter_any():
+                content += piece
+                if len(content) > limit:
+                    raise DownloadFailed(
+                        f"is over {limit / (1024 * 1024):g} MB, too large; attach a "
+                        f"{limit_text(limit)}")
+    except aiohttp.ClientError as exc:
+        raise DownloadFailed(f"could not be downloaded ({type(exc).__name__}); "
                              "attach it again") from None
-    if len(content) > limit:
-        raise DownloadFailed(too_large_text(len(content), limit))
-    return content
+    return bytes(content)
+
+
+async def attachment_link(d: SlackDeps) -> str | None:
+    """A link as long as the one SMS carry for a campaign's attachment; None when SMS carry
+    none (no PUBLIC_BASE_URL: no link a patient's phone could open)."""
+    links_ = await links(d.settings, d.db, d.signer)
+    return links_.attachment(PLACEHOLDER_CAMPAIGN_ID) if links_.public else None
 
 
 def campaign_input(draft: ModalDraft, values: FormValues, attachment: AttachmentInput | None,
-                   *, key: str | None = None) -> CampaignInput:
+                   *, key: str | None = None, sms_link: str | None = None) -> CampaignInput:
     data = draft.data or {}
     segment = data.get("segment")
     return CampaignInput(
@@ -87,6 +120,7 @@ def campaign_input(draft: ModalDraft, values: FormValues, attachment: Attachment
         attachment=attachment, send_now=values.send_now,
         send_at=None if values.send_now else values.send_at_datetime(),
         slack_channel_id=data.get("channel"), idempotency_key=key,
+        sms_attachment_link=sms_link if attachment is not None else None,
     )
 
 
@@ -120,12 +154,14 @@ async def on_form_submit(ack: AsyncAck, body: dict[str, Any], client: AsyncWebCl
             attachment = AttachmentInput(str(file.get("name") or "attachment"), content)
         except DownloadFailed as exc:
             edge_errors["attachment"] = str(exc)
+    sms_link = await attachment_link(d) if attachment is not None else None
     async with d.db.transaction() as session:
         draft = await drafts.get(session, metadata.draft, user_id=actor.id, for_update=True)
         errors: dict[str, str] = {}
         try:
+            # Renders the templates: campaign_validation.validate does it in a worker thread.
             await campaigns.validate(session=session, campaign_in=campaign_input(
-                draft, values, attachment), limits=d.settings.limits,
+                draft, values, attachment, sms_link=sms_link), limits=d.settings.limits,
                 clinic_tz=d.settings.clinic_timezone)
         except ValidationFailed as exc:
             errors = exc.errors
@@ -152,6 +188,7 @@ async def on_confirm(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
     user = user_id_of(body)
     actor = await d.require(user, WRITE, ACTION)
     metadata = metadata_of(body)
+    sms_link = await attachment_link(d)
     async with d.db.transaction() as session:
         draft = await drafts.get(session, metadata.draft, user_id=actor.id)
         values = FormValues.from_data((draft.data or {}).get("form") or {})
@@ -160,7 +197,7 @@ async def on_confirm(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
                 session=session, actor=actor, limits=d.settings.limits,
                 clinic_tz=d.settings.clinic_timezone,
                 campaign_in=campaign_input(draft, values, stored_attachment(draft),
-                                           key=draft.id),
+                                           key=draft.id, sms_link=sms_link),
             )
         except ValidationFailed as exc:
             banner = "Please fix: " + "; ".join(f"{k}: {v}" for k, v in exc.errors.items())

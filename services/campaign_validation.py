@@ -7,6 +7,7 @@ The fields are the form's: `subject`, `preview_text`, `message`, `channel`, `aud
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,8 @@ class CampaignInput:
     send_at: datetime | None = None
     slack_channel_id: str | None = None
     idempotency_key: str | None = None
+    # The attachment's link as SMS carry it (or one as long): it counts against the SMS length.
+    sms_attachment_link: str | None = None
 
 
 @dataclass
@@ -178,7 +181,8 @@ def check_form(
 
     sms = DeliveryChannel.sms in channel.delivery_channels
     if "message" not in errors and "channel" not in errors and sms:
-        problem = sms_length_problem(message, limits.sms_opt_out_text)
+        link = campaign_in.sms_attachment_link if campaign_in.attachment is not None else None
+        problem = sms_length_problem(message, limits.sms_opt_out_text, attachment_link=link)
         if problem:
             errors["message"] = problem
 
@@ -211,10 +215,15 @@ def check_form(
     return valid, errors
 
 
-def sms_length_problem(message: str, opt_out_text: str) -> str | None:
-    """Why the SMS (personalised for a typical patient, with the opt-out line) is too long."""
+def sms_length_problem(
+    message: str, opt_out_text: str, *, attachment_link: str | None = None
+) -> str | None:
+    """Why the SMS (personalised for a typical patient, with the attachment link and the
+    opt-out line, composed as sending composes it) is too long."""
     body = personalisation.render_text(message, personalisation.SAMPLE_VALUES)
-    return sms_text.check_length(sms_text.compose(body, opt_out_text=opt_out_text))
+    return sms_text.check_length(
+        sms_text.compose(body, opt_out_text=opt_out_text, attachment_link=attachment_link)
+    )
 
 
 class AudienceProblem(ValueError):
@@ -321,7 +330,8 @@ async def validate(
 ) -> ValidCampaign:
     """The campaign normalised and its audience resolved, or ValidationFailed with every error."""
     now = now or utcnow()
-    valid, errors = check_form(campaign_in, limits, now)
+    # Rendering the templates is CPU work: off the event loop, which serves every other request.
+    valid, errors = await asyncio.to_thread(check_form, campaign_in, limits, now)
     try:
         valid.patient_ids = await resolve_audience(session, campaign_in, limits, now, clinic_tz)
         valid.segment_slug = (campaign_in.segment_slug or "").strip() or None

@@ -5,7 +5,7 @@
         trigger = slack.new_trigger_id()           # single use, expires after 3 s
         slack.bot_channels = {"C123"}              # channels the bot was invited to
         slack.add_user("U1", real_name="Ana", tz="America/Mexico_City", email="ana@x.mx")
-        slack.add_file("F1", "flyer.pdf", b"%PDF-1.7 ...", "application/pdf")
+        slack.add_file("F1", "flyer.pdf", b"%PDF-1.7 ...", "application/pdf")  # chunked download
         slack.rate_limit("chat.update", n=1, retry_after=1)
         slack.views[view_id], slack.messages("C123"), slack.ephemerals("U1"), slack.home("U1")
 
@@ -85,6 +85,10 @@ class FakeSlack(FilesMixin):
         self.trigger_ttl = trigger_ttl  # None: triggers never expire (slow CI)
         self.scopes = set(scopes)
         self.latency = 0.0  # seconds every answer is held back
+        # File downloads come in pieces of this many bytes with this pause between them
+        # (about 6 MB/s): what a client sees of a real download from Slack's file servers.
+        self.download_chunk = 32 * 1024
+        self.download_pause = 0.005
         self.bot_channels: set[str] = set()
         self.users: dict[str, dict[str, Any]] = {}
         self.files: dict[str, dict[str, Any]] = {}

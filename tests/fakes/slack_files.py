@@ -2,12 +2,16 @@
 
 `add_file` stands for a file a user shared (e.g. through a file_input); its
 `url_private_download` needs the bot token, and without it Slack answers its HTML sign-in
-page (not an error status), as here. Uploads follow `files_upload_v2`:
-files.getUploadURLExternal, a POST of the bytes, files.completeUploadExternal.
+page (not an error status), as here. A download arrives as Slack's does: chunked transfer
+encoding, in small pieces with pauses between them (`download_chunk` bytes every
+`download_pause` seconds), so a client that takes one read for the whole file gets a piece
+of it. Uploads follow `files_upload_v2`: files.getUploadURLExternal, a POST of the bytes,
+files.completeUploadExternal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import secrets
 import time
@@ -32,6 +36,8 @@ class FilesMixin:
     token: str
     scopes: set[str]
     root: str
+    download_chunk: int
+    download_pause: float
     files: dict[str, dict[str, Any]]
     uploads: list[dict[str, Any]]
     downloads: list[tuple[str, bool]]
@@ -73,8 +79,19 @@ class FilesMixin:
             raise web.HTTPFound(f"{self.root}login")
         if file_id not in self._contents:
             return web.Response(status=404, text="file not found")
-        return web.Response(body=self._contents[file_id],
-                            content_type=self.files[file_id]["mimetype"])
+        content = self._contents[file_id]
+        response = web.StreamResponse(headers={"Content-Type": self.files[file_id]["mimetype"]})
+        response.enable_chunked_encoding()  # no Content-Length: read until the end
+        await response.prepare(request)
+        try:
+            for start in range(0, len(content), self.download_chunk):
+                if start:
+                    await asyncio.sleep(self.download_pause)
+                await response.write(content[start:start + self.download_chunk])
+            await response.write_eof()
+        except ConnectionResetError:  # the client stopped reading (too large, too slow)
+            pass
+        return response
 
     async def _login(self, request: web.Request) -> web.Response:
         return web.Response(text="<!DOCTYPE html><html><body>Sign in to Slack</body></html>",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -43,8 +45,9 @@ class Stand:
                              channel_id=self.sr.channel_id)
 
 
-@pytest.fixture
-async def stand(db: Database, tmp_path: Path) -> AsyncIterator[Stand]:
+@asynccontextmanager
+async def make_stand(db: Database, tmp_path: Path, **settings: Any) -> AsyncIterator[Stand]:
+    """The bot over HTTP against a fresh Slack stand-in; `settings` override the defaults."""
     async with FakeSlack() as slack:
         slack.trigger_ttl = None  # slow CI machines: triggers never expire
         slack.bot_channels = {CHANNEL}
@@ -52,24 +55,33 @@ async def stand(db: Database, tmp_path: Path) -> AsyncIterator[Stand]:
                        email="tester@clinic.example")
         slack.add_user(ADMIN, real_name="Admin", email="admin@clinic.example")
         slack.add_user(READER, real_name="Reader", email="reader@clinic.example")
-        settings = load_settings(
-            database_url=db.url, outbox_dir=tmp_path / "outbox", slack_bot_token="xoxb-test",
-            slack_signing_secret=SECRET, slack_api_url=slack.url, campaign_bot_admins=[ADMIN],
-            email_backend="file", sms_backend="file", segments_file=tmp_path / "none.yml",
-        )
+        values: dict[str, Any] = {
+            "database_url": db.url, "outbox_dir": tmp_path / "outbox",
+            "slack_bot_token": "xoxb-test", "slack_signing_secret": SECRET,
+            "slack_api_url": slack.url, "campaign_bot_admins": [ADMIN],
+            "email_backend": "file", "sms_backend": "file",
+            "segments_file": tmp_path / "none.yml", **settings,
+        }
+        loaded = load_settings(**values)
         async with db.transaction() as session:
             signer = await load_signer(session)
             await segments.sync_segments(session, [])
         await grant_level(db, WRITER, "write")
         await grant_level(db, READER, "read")
         pokes: list[int] = []
-        app = build_slack_app(settings, db, signer=signer,
+        app = build_slack_app(loaded, db, signer=signer,
                               engine_poke=lambda: pokes.append(1))
-        server = TestServer(build_web_app(AppContext(settings, db, signer), slack=app))
+        server = TestServer(build_web_app(AppContext(loaded, db, signer), slack=app))
         await server.start_server()
         try:
             url = str(server.make_url(SLACK_EVENTS_PATH))
             async with SlackRequests(url, SECRET, slack=slack, channel_id=CHANNEL) as sr:
-                yield Stand(slack, sr, db, settings, tmp_path / "outbox", pokes)
+                yield Stand(slack, sr, db, loaded, tmp_path / "outbox", pokes)
         finally:
             await server.close()
+
+
+@pytest.fixture
+async def stand(db: Database, tmp_path: Path) -> AsyncIterator[Stand]:
+    async with make_stand(db, tmp_path) as made:
+        yield made
