@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 import migrations
+from services.private_files import ensure_private_file
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -70,8 +71,12 @@ def make_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
-        if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Patient data and the link-signing key: 0600 before SQLite creates the file
+            # with the umask's mode; SQLite gives -wal and -shm the database file's mode.
+            ensure_private_file(path)
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +17,8 @@ from handlers import health, media, tracking, unsubscribe, webhooks
 
 SLACK_EVENTS_PATH = "/slack/events"
 
+log = logging.getLogger(__name__)
+
 
 def _slack_shaped(body: Any) -> bool:
     """A body Slack could have sent: a command, an interaction or an Events API envelope."""
@@ -26,27 +30,71 @@ def _slack_shaped(body: Any) -> bool:
 
 
 def slack_endpoint(slack: AsyncApp, signing_secret: str) -> web.RequestHandler:
-    """`POST /slack/events` through Bolt: it checks the signature (401) and dispatches.
+    """`POST /slack/events` through Bolt, once the request is known to be Slack's own.
 
-    A correctly signed body Slack would never send is refused here with 400 before Bolt
-    sees it (Bolt answers some of them with 500 or 404); a bad signature is always 401.
+    Checked here, before Bolt (which answers some malformed bodies with 500 or 404, and
+    whose verifier raises on a non-numeric timestamp): the signature over the raw bytes
+    (401, as Bolt answers), then the body — UTF-8, a form or JSON, a shape Slack sends
+    (400). A body past the server's size limit is 413. One WARNING line at most, and no
+    traceback: such requests are noise from the internet, not the bot's errors. Slack's
+    `ssl_check` ping passes unsigned, as with Bolt alone: Bolt answers it and runs nothing.
     """
-    verifier = SignatureVerifier(signing_secret)
 
     async def slack_events(request: web.Request) -> web.StreamResponse:
-        raw = await request.text()
+        raw = await request.read()
+        if not slack_signed(signing_secret, raw, request.headers) and not _ssl_check(
+                request, raw):
+            log.warning("Slack request refused (401): the signature is missing, stale or "
+                        "does not match SLACK_SIGNING_SECRET")
+            return web.json_response({"error": "invalid request"}, status=401)
         try:
-            bolt_request = await to_bolt_request_from(request, raw)
+            text = webhooks.utf8_text(request, raw)
+            if request.content_type == webhooks.FORM_TYPE:
+                webhooks.strict_form(text)  # Bolt decodes leniently; refuse what it would mangle
+            elif request.content_type != "application/json":
+                raise webhooks.MalformedBody(f"content type {request.content_type!r}")
+            bolt_request = await to_bolt_request_from(request, text)
             shaped = _slack_shaped(bolt_request.body)
+        except webhooks.MalformedBody as exc:
+            log.warning("Slack request refused (400): %s", exc)
+            return web.json_response({"error": "malformed request"}, status=400)
         except (ValueError, TypeError, AttributeError, KeyError):  # Bolt's parsing
             shaped = False
         if not shaped:
-            if not verifier.is_valid_request(raw, dict(request.headers)):
-                return web.json_response({"error": "invalid request"}, status=401)
+            log.warning("Slack request refused (400): not a body Slack sends")
             return web.json_response({"error": "not a Slack request body"}, status=400)
         return await to_aiohttp_response(await slack.async_dispatch(bolt_request))
 
     return slack_events
+
+
+def _ssl_check(request: web.Request, raw: bytes) -> bool:
+    """Slack's `ssl_check=1` form, sent when a request URL is saved in the app's settings."""
+    if request.content_type != webhooks.FORM_TYPE:
+        return False
+    try:
+        return webhooks.strict_form(webhooks.utf8_text(request, raw)).get("ssl_check") == "1"
+    except webhooks.MalformedBody:
+        return False
+
+
+def slack_signed(signing_secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
+    """Slack's v0 signature over the raw bytes, with a timestamp at most 5 minutes off.
+
+    slack_sdk's verifier does the check; what it would raise on (a non-numeric timestamp,
+    a non-ASCII signature, a body that is not UTF-8) is a forgery, refused first."""
+    timestamp = headers.get("X-Slack-Request-Timestamp", "")
+    signature = headers.get("X-Slack-Signature", "")
+    if not signing_secret or not (timestamp.isascii() and timestamp.isdigit()):
+        return False
+    if not signature.isascii():
+        return False
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return SignatureVerifier(signing_secret).is_valid(
+        body=text, timestamp=timestamp, signature=signature)
 
 
 async def to_bolt_request_from(request: web.Request, raw: str) -> AsyncBoltRequest:

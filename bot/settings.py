@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -17,6 +18,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services.limits import CampaignLimits
 from services.quiet_hours import QuietHours
 
+# Where plain http is acceptable for PUBLIC_BASE_URL: links that never leave this machine.
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Printable ASCII in the path, without what would end a `<URL>` header or start a query.
+_PUBLIC_URL = re.compile(r"(?:https://[a-z0-9.-]+|http://(?:localhost|127\.0\.0\.1|\[::1\]))"
+                         r"(?::\d{1,5})?(?:/[!#-;=@-\[\]-~]*)?")
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$", re.IGNORECASE)
 
 
@@ -138,7 +144,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 
-    @field_validator("slack_api_url", "twilio_api_url", "public_base_url")
+    @field_validator("slack_api_url", "twilio_api_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None:
@@ -147,6 +153,33 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        """https only: unsubscribe, tracking and media links carry signed tokens, and Twilio
+        signs its webhooks over this URL; plain http is for a developer's own machine.
+
+        Checked as strictly as the email sender checks the unsubscribe link built from it,
+        so a URL accepted here never fails a campaign's emails at send time.
+        """
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value.strip())
+        except ValueError:
+            parts = urlsplit("")
+        scheme, host = parts.scheme.lower(), (parts.hostname or "")
+        if scheme == "http" and host and host not in _LOCAL_HOSTS:
+            raise ValueError("must start with https:// (http:// is only allowed for "
+                             "localhost, 127.0.0.1 or ::1); put the bot behind TLS and set "
+                             "its https URL, e.g. https://campaigns.example.org")
+        url = f"{scheme}://{parts.netloc.lower()}{parts.path}"
+        if parts.query or parts.fragment or not _PUBLIC_URL.fullmatch(url):
+            raise ValueError("must be this service's public https:// URL (a host name, an "
+                             "optional port and path; no user, query or fragment), e.g. "
+                             "https://campaigns.example.org")
+        return url
 
     @field_validator("clinic_timezone")
     @classmethod

@@ -17,7 +17,7 @@ from handlers.slack_support import SlackDeps, deps, user_id_of, user_timezone
 from modals import audience as views
 from modals import ids
 from modals.campaign_form import form_view
-from modals.common import Metadata
+from modals.common import Metadata, escape
 from services import drafts, lazy_table, segments
 from services.campaign_validation import audience_size_problem
 from services.errors import NotFound
@@ -163,7 +163,7 @@ async def _audience_text(session: AsyncSession, draft: ModalDraft) -> str:
     size = int(data.get("audience") or 0)
     if data.get("segment"):
         definition = await segments.get_definition(session, str(data["segment"]))
-        return f"smart segment *{definition.name}*, {size:,} patients"
+        return f"smart segment *{escape(definition.name)}*, {size:,} patients"
     return f"custom selection, {size:,} patients"
 
 

@@ -29,7 +29,7 @@ from modals.campaign_form import (
     parse_form,
     when_text,
 )
-from modals.common import Metadata
+from modals.common import Metadata, escape
 from services import campaigns, drafts, notices
 from services.attachments import AttachmentInput, limit_text, too_large_text
 from services.campaign_validation import CampaignInput
@@ -134,7 +134,8 @@ def stored_attachment(draft: ModalDraft) -> AttachmentInput | None:
 def audience_text(draft: ModalDraft) -> str:
     data = draft.data or {}
     size = int(data.get("audience") or 0)
-    what = f"smart segment `{data['segment']}`" if data.get("segment") else "custom selection"
+    what = (f"smart segment `{escape(data['segment'])}`" if data.get("segment")
+            else "custom selection")
     return f"{what}, {size:,} patients"
 
 

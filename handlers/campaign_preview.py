@@ -26,7 +26,7 @@ from handlers.errors import acknowledged
 from handlers.slack_support import SlackDeps, deps, user_id_of, user_info
 from modals import ids
 from modals.campaign_form import FormValues, parse_form
-from modals.common import Metadata
+from modals.common import Metadata, escape
 from modals.preview import PhoneEntry, PreviewData, preview_view
 from services import audit, drafts, personalisation
 from services.access import Actor
@@ -250,8 +250,8 @@ async def _test_email(d: SlackDeps, draft: ModalDraft, values: FormValues, rende
         await sender.close()
     if result.provider_id is None:
         log.info("test email failed: %s", result.reason)
-        return f"The test email to {to} failed: {result.reason}"
-    return f"Test email sent to {to}."
+        return f"The test email to {escape(to)} failed: {escape(result.reason or '')}"
+    return f"Test email sent to {escape(to)}."
 
 
 async def _test_sms(d: SlackDeps, rendered: Rendered, to: str) -> str:
@@ -262,8 +262,8 @@ async def _test_sms(d: SlackDeps, rendered: Rendered, to: str) -> str:
         await sender.close()
     if result.provider_id is None:
         log.info("test SMS failed: %s", result.reason)
-        return f"The test SMS to {to} failed: {result.reason}"
-    return f"Test SMS sent to {to}."
+        return f"The test SMS to {escape(to)} failed: {escape(result.reason or '')}"
+    return f"Test SMS sent to {escape(to)}."
 
 
 @acknowledged

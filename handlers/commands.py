@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from handlers import audience, campaign_list
 from handlers.errors import acknowledged
 from handlers.slack_support import deps, tell
+from modals.common import escape
 from modals.messages import HELP
 from services import access
 from services.errors import ValidationFailed
@@ -45,7 +46,8 @@ async def on_campaign(
     elif verb == "help":
         await tell(client, user, HELP, channel=channel)
     else:
-        await tell(client, user, f"I don't know `/campaign {verb}`.\n\n{HELP}", channel=channel)
+        await tell(client, user, f"I don't know `/campaign {escape(verb)}`.\n\n{HELP}",
+                   channel=channel)
 
 
 async def _access(d: Any, client: AsyncWebClient, user: str, channel: str | None,

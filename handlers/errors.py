@@ -15,6 +15,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers.slack_support import tell
 from modals.audience import message_view
+from modals.common import escape
 from services.errors import IllegalTransition, NotFound, PermissionDenied, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ def user_message(error: Exception) -> tuple[str, str | None]:
         if error.what == "campaign draft":
             return ("This campaign form has expired or was already used. "
                     "Start again with `/campaign`.", None)
-        return f"{error.what.capitalize()} {error.key} was not found. Check the id with "\
-               "`/campaign list`.", None
+        return f"{error.what.capitalize()} {escape(error.key)} was not found. Check the id "\
+               "with `/campaign list`.", None
     if isinstance(error, IllegalTransition):
-        return f"{error}. See `/campaign list` for its current state.", None
+        return f"{escape(error)}. See `/campaign list` for its current state.", None
     if isinstance(error, ValidationFailed):
-        lines = "\n".join(f"• {field}: {reason}" for field, reason in error.errors.items())
+        # Reasons quote what the user typed (a tag, a user id): inert, like any user text.
+        lines = "\n".join(f"• {field}: {escape(reason)}"
+                          for field, reason in error.errors.items())
         return f"That did not work:\n{lines}", None
     reference = secrets.token_hex(4)
     return (f":warning: Something went wrong on our side (reference `{reference}`). "

@@ -12,11 +12,12 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from bot.context import CONTEXT
-from handlers.webhooks import after_commit
+from handlers.webhooks import after_commit, read_body
 from services import unsubscribe as unsubscribing
 from services.delivery.channels import UNSUBSCRIBE_PURPOSE
 from services.models import DeliveryChannel, utcnow
 
+MAX_BODY = 16 * 1024
 _HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the token is in the URL
@@ -83,7 +84,9 @@ async def confirm(request: web.Request) -> web.Response:
     """Unsubscribe (the page's button, or RFC 8058 one-click): 200 every time it is valid."""
     context = request.app[CONTEXT]
     delivery_id = _delivery_id(request)
-    await request.read()  # whatever the body says, a valid token's POST means unsubscribe
+    # Whatever the body says, a valid token's POST means unsubscribe; a one-click body is a
+    # few bytes, so anything large is refused (413) rather than read into memory.
+    await read_body(request, MAX_BODY)
     async with context.db.transaction() as session:
         result = await unsubscribing.unsubscribe(session, delivery_id=delivery_id, now=utcnow())
     if result is None:

@@ -9,12 +9,13 @@ already sends the patient the confirmation.
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Awaitable, Mapping
+from urllib.parse import parse_qsl
 
 from aiohttp import web
-from aiohttp.web_request import FileField
-from multidict import MultiDictProxy
+from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
 from bot.context import CONTEXT
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 STATUS_PATH = "/twilio/status"
 INBOUND_PATH = "/twilio/inbound"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+FORM_TYPE = "application/x-www-form-urlencoded"
+# Twilio's webhooks are a few kB (an SMS body is at most 1,600 characters); anything far
+# bigger is not Twilio, and is refused before it is read into memory.
+MAX_TWILIO_BODY = 64 * 1024
+MAX_FORM_FIELDS = 200
+
+
+class MalformedBody(ValueError):
+    """A request body no legitimate caller sends (bad UTF-8, wrong type, …): answer 400."""
 
 
 async def after_commit(call: Awaitable[None], what: str) -> None:
@@ -51,12 +61,66 @@ def signature_valid(
     return bool(RequestValidator(settings.twilio_auth_token).validate(url, params, signature))
 
 
-async def verified_form(request: web.Request) -> MultiDictProxy[str | FileField]:
-    """The form parameters of a request Twilio signed; 403 for anything else."""
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or 413 as soon as it passes `limit` (declared or actually sent)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
+    body = bytearray()
+    async for chunk in request.content.iter_any():  # chunked bodies arrive in pieces
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return bytes(body)
+
+
+def utf8_text(request: web.Request, raw: bytes) -> str:
+    """The body as text: UTF-8 only (the charset Slack and Twilio use), decoded strictly."""
+    charset = request.charset
+    try:
+        if charset is not None and codecs.lookup(charset).name != "utf-8":
+            raise MalformedBody(f"charset {charset!r} is not UTF-8")
+        return raw.decode("utf-8")
+    except LookupError:
+        raise MalformedBody(f"unknown charset {charset!r}") from None
+    except UnicodeDecodeError:
+        raise MalformedBody("the body is not valid UTF-8") from None
+
+
+def strict_form(text: str) -> MultiDict[str]:
+    """Form fields, refusing percent-escapes that are not UTF-8 (no silent U+FFFD)."""
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_FORM_FIELDS)
+    except UnicodeDecodeError:
+        raise MalformedBody("a form field is not valid UTF-8") from None
+    except ValueError as exc:  # too many fields
+        raise MalformedBody(str(exc)) from None
+    return MultiDict(pairs)
+
+
+async def _twilio_form(request: web.Request) -> MultiDict[str]:
+    """Twilio posts UTF-8 `application/x-www-form-urlencoded`, never multipart or JSON."""
+    raw = await read_body(request, MAX_TWILIO_BODY)
+    if request.content_type != FORM_TYPE:
+        raise MalformedBody(f"content type {request.content_type!r} is not {FORM_TYPE}")
+    return strict_form(utf8_text(request, raw))
+
+
+async def verified_form(request: web.Request) -> MultiDict[str]:
+    """The form parameters of a request Twilio signed; 400 for a malformed body, 403 unsigned.
+
+    Each refusal is one WARNING line and no traceback: these are the internet's noise,
+    not the bot's errors.
+    """
     settings = request.app[CONTEXT].settings
-    form = await request.post()
+    try:
+        form = await _twilio_form(request)
+    except MalformedBody as exc:
+        log.warning("Twilio webhook %s refused (400): %s", request.path, exc)
+        raise web.HTTPBadRequest(text="This request is not a Twilio webhook.") from None
     signature = request.headers.get("X-Twilio-Signature", "")
-    if not signature_valid(settings, request.raw_path, form, signature):  # type: ignore[arg-type]
+    if not signature_valid(settings, request.raw_path, form, signature):
         log.warning("Twilio webhook %s refused: %s", request.path,
                     "the signature is missing or does not match"
                     if settings.public_base_url and settings.twilio_auth_token
@@ -94,6 +158,7 @@ async def inbound(request: web.Request) -> web.Response:
         effect = await callbacks.apply_reply(
             session, from_number=str(form.get("From") or ""), body=str(form.get("Body") or ""),
             now=utcnow(),
+            message_sid=form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid"),
         )
     if effect is not None and effect.patients and effect.kind == "opt_out":
         await after_commit(

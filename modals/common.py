@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,6 +11,8 @@ TITLE_MAX = 24
 OPTION_TEXT_MAX = 75
 METADATA_MAX = 3000
 SECTION_TEXT_MAX = 3000
+_FORMATTING = re.compile(r"[*_~`]")
+_ZWSP = "\u200b"
 
 Block = dict[str, Any]
 View = dict[str, Any]
@@ -53,9 +56,18 @@ def option(text: str, value: str, description: str | None = None) -> dict[str, A
     return item
 
 
-def escape(text: str) -> str:
-    """Text safe inside mrkdwn: no accidental mentions, links or formatting."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def escape(text: object) -> str:
+    """User- or patient-supplied text made inert wherever Slack reads mrkdwn (SPEC §7).
+
+    The one helper for subjects, tags, file names, segment names, provider reasons…, in a
+    message's `text`, in blocks and in fallbacks. `&`, `<` and `>` become entities, so
+    `<!channel>`, `<@U…>` and `<https://evil|clinic>` cannot ping or link. Slack has no
+    escape for `*`, `_`, `~` and backtick; a zero-width space on each side makes them
+    stand alone (Slack formats only a character touching the word it wraps), so the reader
+    sees the characters typed and no bold, italics, strike or code.
+    """
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _FORMATTING.sub(_ZWSP + r"\g<0>" + _ZWSP, text)
 
 
 def modal(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from modals import ids
 from modals.common import Block, View, button, context, escape, section
 from services.models import Campaign, CampaignStatus
 
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,30}")
 CHANNEL_NAMES = {"EMAIL": "email", "SMS": "SMS", "EMAIL_SMS": "email and SMS"}
 STATUS_EMOJI = {
     "draft": ":memo:", "scheduled": ":calendar:", "sending": ":outbox_tray:",
@@ -70,21 +72,27 @@ def created_message(campaign: Campaign, *, note: str | None = None) -> tuple[str
     status = campaign.status.value
     verb = {"scheduled": "sending now" if campaign.send_now else "scheduled",
             "cancelled": "cancelled"}.get(status, status)
-    text = (f"Campaign #{campaign.id} “{campaign.subject}”: {campaign.audience_size} patients "
-            f"by {channel}, {verb}")
+    # `text` is read as mrkdwn too (and pushed in notifications): escaped like the blocks.
+    text = (f"Campaign #{campaign.id} “{escape(campaign.subject)}”: {campaign.audience_size} "
+            f"patients by {channel}, {verb}")
     lines = [
         f"{STATUS_EMOJI.get(status, '')} *Campaign #{campaign.id}: {escape(campaign.subject)}*",
         f"*Audience:* {campaign.audience_size:,} patients"
         + (f" (segment `{escape(campaign.segment_slug)}`)" if campaign.segment_slug else
            " (custom selection)"),
         f"*Channel:* {channel}   *When:* {when}   *Status:* {verb}",
-        f"*By:* <@{campaign.created_by}>",
+        f"*By:* {_person(campaign.created_by)}",
     ]
     blocks: list[Block] = [section("\n".join(lines))]
     if note:
         blocks.append(context(note))
     blocks.append(campaign_buttons(campaign))
     return text, blocks
+
+
+def _person(user_id: str) -> str:
+    """A mention for a Slack user id; anything else (a CLI actor) shown as inert text."""
+    return f"<@{user_id}>" if _SLACK_USER_ID.fullmatch(user_id) else escape(user_id)
 
 
 def channel_text(campaign: Campaign) -> str:

@@ -40,7 +40,7 @@ class PhoneEntry:
 def _reach_line(channel: str, reach: Reach, audience: int) -> str:
     line = f"*{channel}:* {reach.reachable:,} of {audience:,} reachable"
     if reach.skipped:
-        reasons = ", ".join(f"{reason} {count:,}" for reason, count in
+        reasons = ", ".join(f"{escape(reason)} {count:,}" for reason, count in
                             sorted(reach.skipped.items(), key=lambda kv: -kv[1]))
         line += f"; skipped: {reasons}"
     return line

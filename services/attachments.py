@@ -19,6 +19,10 @@ ACCEPTED = "PDF, PNG or JPEG"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PDF_EOF_WINDOW = 1024  # %%EOF must be within the last KB (trailing whitespace is common)
 _UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
+# Beyond ASCII (whose controls become `_` below): format characters (bidi overrides and
+# isolates, zero-width characters, BOM), C1 controls, line and paragraph separators,
+# surrogates, private-use and unassigned code points.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,15 @@ def _structure_problem(kind: FileType, content: bytes) -> str | None:
 
 
 def clean_filename(filename: str, kind: FileType) -> str:
-    """The base name only, without control or path characters, ending in `kind`'s extension."""
-    base = PureWindowsPath(PurePosixPath(filename or "").name).name
-    base = unicodedata.normalize("NFC", base)
+    """The base name only, without control, bidi or path characters, ending in `kind`'s
+    extension (SPEC §7)."""
+    base = unicodedata.normalize("NFC", filename or "")
+    # Invisible characters go before anything else: a right-to-left override makes
+    # `invoice\u202efdp.exe` read as `invoiceexe.pdf`, and a zero-width or bidi mark can hide
+    # a path separator or an extension from a reader.
+    base = "".join(c for c in base
+                   if c.isascii() or unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
+    base = PureWindowsPath(PurePosixPath(base).name).name
     base = _UNSAFE_NAME_CHARS.sub("_", base).strip(" .")
     stem, dot, extension = base.rpartition(".")
     named = _EXTENSIONS.get(f".{extension.lower()}") if dot else None

@@ -5,7 +5,6 @@ Append-only by construction: this module can insert and read, nothing else.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services import csv_safe
 from services.models import AuditEntry, utcnow
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ async def entries(
 
 
 async def export_csv(session: AsyncSession, out: TextIO, **filters: Any) -> int:
-    """Write the log as CSV; returns the number of entries written."""
-    writer = csv.writer(out)
+    """Write the log as CSV (formula cells neutralised); returns the number of entries written."""
+    writer = csv_safe.writer(out)
     writer.writerow(CSV_COLUMNS)
     count = 0
     async for entry in entries(session, **filters):

@@ -11,21 +11,27 @@ conditional UPDATE, so repeats and races change nothing:
 - `queued`/`sending`/`sent`/`accepted` never downgrade anything; they only settle an
   `unknown` delivery (Twilio has the message, so it was sent).
 A callback for an SID the ledger does not know changes nothing (test sends, other apps).
+Beyond that, each webhook is applied once: its (MessageSid, status) is remembered in
+`twilio_receipts` in the same transaction, and a repeat — Twilio's retry, or a captured
+signed request replayed later — changes nothing. For replies this matters most: a STOP
+replayed after the patient's START must not opt them out again.
 Known limit: a callback that arrives before the engine has recorded the send (and so the
 SID) finds nothing; Twilio's later callbacks for the message still apply.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import consent
 from services.delivery.sms_text import ReplyKind, classify_reply
-from services.models import Delivery, DeliveryChannel, DeliveryStatus, Patient
+from services.models import Delivery, DeliveryChannel, DeliveryStatus, Patient, TwilioReceipt
 
 DELIVERED = frozenset({"delivered"})
 FAILED = frozenset({"undelivered", "failed", "canceled"})
@@ -90,6 +96,8 @@ async def apply_status(
         values = {"reason": None}
     else:  # read, received, …: nothing the ledger tracks
         return None
+    if not await first_receipt(session, message_sid=message_sid, status=twilio_status, now=now):
+        return None
     result = await session.execute(
         update(Delivery)
         .where(this, Delivery.status.in_(allowed))
@@ -130,16 +138,21 @@ class ReplyEffect:
 
 
 async def apply_reply(
-    session: AsyncSession, *, from_number: str, body: str, now: datetime
+    session: AsyncSession, *, from_number: str, body: str, now: datetime,
+    message_sid: str | None = None,
 ) -> ReplyEffect | None:
     """A patient's SMS reply: STOP-like words opt out, START-like words opt back in, every
-    patient with that number (family members often share one). None for any other text.
+    patient with that number (family members often share one). None for any other text,
+    and for a reply (by `message_sid`) already applied.
 
     Only patients whose state changes are recorded, so a repeated STOP is not a new event.
     The message text itself is never stored.
     """
     kind = classify_reply(body)
     if kind is None or not from_number.strip():
+        return None
+    if message_sid and not await first_receipt(session, message_sid=message_sid,
+                                               status=INBOUND, now=now):
         return None
     ids = await consent.patients_with_phone(session, from_number.strip())
     if not ids:
@@ -163,3 +176,30 @@ async def apply_reply(
         await consent.record_opt_in(session, patient_ids=changing, channel=DeliveryChannel.sms,
                                     source=REPLY_SOURCE, actor=REPLY_ACTOR, now=now)
     return ReplyEffect(kind, len(changing))
+
+
+INBOUND = "inbound"  # the receipt status of a patient's reply
+_SID_MAX = 64
+_STATUS_MAX = 32
+
+
+async def first_receipt(
+    session: AsyncSession, *, message_sid: str, status: str, now: datetime
+) -> bool:
+    """Remember this (MessageSid, status); False when it was seen before (a repeat).
+
+    One INSERT … ON CONFLICT DO NOTHING: two identical webhooks at once both try it, and
+    the second waits for the first's transaction, then inserts nothing.
+    """
+    sid = message_sid.strip()
+    if len(sid) > _SID_MAX:  # not a Twilio SID (34 characters), but keep the key bounded
+        sid = hashlib.sha256(sid.encode()).hexdigest()
+    dialect = (await session.connection()).dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(TwilioReceipt)
+        .values(message_sid=sid, status=status[:_STATUS_MAX], received_at=now)
+        .on_conflict_do_nothing(index_elements=["message_sid", "status"])
+        .returning(TwilioReceipt.message_sid)
+    )
+    return (await session.execute(statement)).first() is not None

@@ -367,3 +367,18 @@ class SenderProcess(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class TwilioReceipt(Base):
+    """A Twilio webhook already applied, by MessageSid and status (`inbound` for a reply).
+
+    Twilio repeats webhooks, and a signed request replays as well as it verifies: the
+    first receipt of a (MessageSid, status) is applied, every later one changes nothing.
+    Kept, not pruned: a signature never expires, so neither may the memory of its use.
+    """
+
+    __tablename__ = "twilio_receipts"
+
+    message_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -119,6 +119,13 @@ def validate_row(
     def text(column: str) -> str:
         return (values.get(column) or "").strip()
 
+    # PostgreSQL cannot store a NUL in text (the whole import would fail); it is a corrupt
+    # field, so the row is rejected naming it, whatever else is wrong with it.
+    nul = [column for column in COLUMNS if "\x00" in (values.get(column) or "")]
+    if nul:
+        return "; ".join(f"{column}: contains a NUL character (byte 0x00), which cannot be "
+                         "stored; remove it from the file" for column in nul)
+
     for column, limit in _MAX_LENGTHS.items():
         value = text(column)
         if len(value) > limit:

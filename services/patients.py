@@ -12,7 +12,6 @@ How an import runs, and why:
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bot.db import Database
-from services import audit, patient_staging
+from services import audit, csv_safe, patient_staging
 from services.access import Actor
 from services.models import Patient, PatientTag, utcnow
 from services.patient_csv import (
@@ -38,6 +37,7 @@ from services.patient_csv import (
 )
 from services.patient_rows import VALUE_COLUMNS
 from services.patient_staging import STAGED_ROWS, STAGED_TAGS, StagingWriter
+from services.private_files import FILE_MODE
 
 __all__ = [
     "ImportSummary",
@@ -263,7 +263,7 @@ class _RejectedReport:
         self.count = 0
         self._partial = path.with_name(f".{path.name}.partial")
         self._out: TextIO | None = None
-        self._writer: Any = None
+        self._writer: csv_safe.SafeWriter | None = None
         folder = path.parent
         problem = (
             "does not exist" if not folder.is_dir()
@@ -280,10 +280,13 @@ class _RejectedReport:
         if not rows:
             return
         try:
-            if self._out is None:
+            if self._out is None or self._writer is None:
                 # utf-8-sig: Excel, where the report is usually opened, then shows accents right.
-                self._out = self._partial.open("w", encoding="utf-8-sig", newline="")
-                self._writer = csv.writer(self._out)
+                # 0600: the rejected values are patients' addresses and numbers.
+                fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                os.fchmod(fd, FILE_MODE)
+                self._out = os.fdopen(fd, "w", encoding="utf-8-sig", newline="")
+                self._writer = csv_safe.writer(self._out)
                 self._writer.writerow(REPORT_COLUMNS)
             self._writer.writerows((r.line, r.external_id, r.result) for r in rows)
         except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import struct
 
@@ -21,6 +22,7 @@ from services.models import AppSecret
 
 KEY_NAME = "link-signing-key"
 _MAC_BYTES = 12  # 96 bits: plenty against forgery, short enough for a link
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class TokenSigner:
@@ -34,14 +36,24 @@ class TokenSigner:
         return _b64(payload + self._mac(purpose, payload))
 
     def verify(self, purpose: str, token: str, count: int) -> tuple[int, ...] | None:
-        """The numbers in a valid token for `purpose`, or None for anything else."""
+        """The numbers in a valid token for `purpose`, or None for anything else.
+
+        Strict: exactly the characters `sign` writes (unpadded URL-safe base64 of the right
+        length, canonical in its last character). The lenient decoder would skip stray
+        characters, take padding and ignore trailing bits, so many strings would verify as
+        one token; one link must have one spelling.
+        """
+        if not isinstance(token, str) or len(token) != _encoded_length(8 * count + _MAC_BYTES):
+            return None
+        if not _TOKEN_CHARS.fullmatch(token):
+            return None
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (ValueError, TypeError):
+        except ValueError:
+            return None
+        if _b64(raw) != token:  # non-zero unused bits in the last character
             return None
         payload, mac = raw[: 8 * count], raw[8 * count :]
-        if len(payload) != 8 * count or len(mac) != _MAC_BYTES:
-            return None
         if not hmac.compare_digest(mac, self._mac(purpose, payload)):
             return None
         return struct.unpack(f">{count}Q", payload)
@@ -49,6 +61,11 @@ class TokenSigner:
     def _mac(self, purpose: str, payload: bytes) -> bytes:
         message = purpose.encode() + b"\0" + payload
         return hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _encoded_length(size: int) -> int:
+    """Characters of unpadded base64 for `size` bytes."""
+    return (size * 8 + 5) // 6
 
 
 def _b64(data: bytes) -> str:

@@ -38,13 +38,15 @@ def environment(database_url: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def cli(db: Database, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(db: Database, tmp_path: Path, *args: str, **extra_env: str
+        ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
         "PYTHONPATH": str(ROOT),
         "PYTHONIOENCODING": "utf-8",
         **environment(db.url, tmp_path),
+        **extra_env,
     }
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args], cwd=tmp_path, env=env, capture_output=True,
@@ -231,3 +233,21 @@ def test_access_and_audit_export(
     out = tmp_path / "audit.csv"
     assert run("audit", "export", "--out", str(out)) == (0, "")
     assert out.read_bytes().decode("utf-8") == exported
+
+
+async def test_the_sms_length_check_counts_the_attachment_link_sms_will_carry(
+    db: Database, tmp_path: Path
+) -> None:
+    await add_patients(db, 1, sms_opt_in=True, phone="+525512345678")
+    (tmp_path / "patients.txt").write_text("P0001\n")
+    (tmp_path / "flyer.pdf").write_bytes(pdf_bytes())
+    message = "Hola " + "a" * 1540  # fits in an SMS alone, not with the opt-out line and link
+    common = ["campaigns", "create", "--patients", str(tmp_path / "patients.txt"),
+              "--subject", "Hello there", "--message", message, "--channel", "SMS",
+              "--send-now"]
+    with_link = cli(db, tmp_path, *common, "--attachment", str(tmp_path / "flyer.pdf"),
+                    PUBLIC_BASE_URL="https://bot.example.org")
+    assert with_link.returncode == 2, with_link.stderr
+    assert with_link.stderr.startswith("message: ")
+    without = cli(db, tmp_path, *common)
+    assert without.returncode == 0, without.stderr

@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot import db
+from bot.senders import links
 from bot.settings import Settings
 from services import campaigns, segments
 from services.access import Actor
@@ -158,6 +159,9 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
     campaign_in, edge_errors = _campaign_input(args, settings)
     actor = Actor.local_operator()
     async with db.migrated(settings.database_url) as database:
+        if campaign_in.attachment is not None and settings.public_base_url:
+            # SMS carry a link to the attachment: its length counts in the SMS check.
+            campaign_in.sms_attachment_link = (await links(settings, database)).attachment(0)
         if args.segment and settings.segments_file.exists():
             definitions = segments.load_segments_file(settings.segments_file)
             async with database.transaction() as session:

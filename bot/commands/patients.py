@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncpg import InterfaceError, PostgresError
+from asyncpg import exceptions as asyncpg_exc
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import db
@@ -33,6 +35,8 @@ EXIT_UNUSABLE = 2
 EXIT_INTERRUPTED = 130
 # Raised by the database or its drivers (bulk writes go through asyncpg directly).
 DATABASE_ERRORS = (SQLAlchemyError, PostgresError, InterfaceError, OSError)
+DATA_ERRORS = (sqlalchemy_exc.DataError, sqlalchemy_exc.IntegrityError, asyncpg_exc.DataError,
+               asyncpg_exc.IntegrityConstraintViolationError)
 
 
 def register(commands: Any) -> None:
@@ -78,7 +82,14 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
         print("import interrupted; the catalog is unchanged", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DATABASE_ERRORS as exc:
-        _database_failed(settings, exc, "the catalog is unchanged")
+        if _refused_value(exc):
+            # The server is fine; a value from the file is not (pointing at DATABASE_URL
+            # here sent operators looking in the wrong place).
+            print(f"error: the database refused a value from {path} ({_first_line(exc)}); "
+                  "the catalog is unchanged; fix that value in the file and import it again",
+                  file=sys.stderr)
+        else:
+            _database_failed(settings, exc, "the catalog is unchanged")
         return 1
     _print_summary(summary)
     return 0
@@ -107,6 +118,20 @@ def _database_failed(settings: Settings, exc: BaseException, outcome: str) -> No
         f"({_first_line(exc)}); {outcome}; check DATABASE_URL and that the server is up",
         file=sys.stderr,
     )
+
+
+def _refused_value(exc: BaseException) -> bool:
+    """Did the database refuse a value (bad data), rather than fail or go away?"""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DATA_ERRORS):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else (
+            current.__cause__ or current.__context__)
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

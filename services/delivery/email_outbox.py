@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.delivery.outcomes import Outcome, SendResult
+from services.private_files import open_new_private, private_folder
 
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._@+=-]")
 
@@ -40,10 +41,12 @@ class FileEmailSender:
 
     @staticmethod
     def _write(path: Path, message: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Patient addresses and messages: the folder 0700, each file 0600 (the rename
+        # keeps the temporary file's mode), whatever the umask.
+        private_folder(path.parent)
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            with open(temporary, "wb") as file:
+            with os.fdopen(open_new_private(temporary), "wb") as file:
                 file.write(message)
                 file.flush()
                 os.fsync(file.fileno())

@@ -29,6 +29,7 @@ from twilio.rest import Client
 
 from services.delivery.outcomes import ChannelGate, Outcome, SendResult
 from services.delivery.sms_text import check_length
+from services.private_files import private_folder
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ class FileSmsSender:
 
     def _open(self) -> int:
         if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)  # 0700 when created here, whatever the umask
             # Patient phone numbers and messages: readable by the bot's user only.
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         return self._fd
