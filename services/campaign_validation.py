@@ -20,7 +20,7 @@ from services import attachments, personalisation, segments
 from services.attachments import AttachmentInput, CheckedAttachment
 from services.delivery import sms_text
 from services.errors import NotFound, ValidationFailed
-from services.limits import CampaignLimits
+from services.limits import MESSAGE_MAX, CampaignLimits
 from services.models import Channel, DeliveryChannel, Patient, utcnow
 
 FIELDS = (
@@ -28,7 +28,7 @@ FIELDS = (
 )
 SUBJECT_MIN, SUBJECT_MAX = 5, 200
 PREVIEW_MAX = 150
-MESSAGE_MIN, MESSAGE_MAX = 20, 50_000
+MESSAGE_MIN = 20  # MESSAGE_MAX lives in services.limits, next to what it bounds
 TAGS_MAX, TAG_MAX_LENGTH = 10, 30
 SCHEDULE_MIN_AHEAD = timedelta(minutes=1)
 SCHEDULE_MAX_AHEAD = timedelta(days=365)

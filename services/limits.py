@@ -1,6 +1,11 @@
-"""The limits a campaign is validated against (from settings, passed down)."""
+"""The limits a campaign is validated against (from settings, passed down), and the fixed ones."""
 
 from dataclasses import dataclass
+
+MESSAGE_MAX = 50_000  # characters a marketer may type in the message
+# What a personalised template may grow to: the whole message, or any text it makes on the way
+# (SPEC §7: "a few times MESSAGE_MAX"). Checked at validation and again at every send.
+TEMPLATE_TEXT_MAX = 4 * MESSAGE_MAX
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,42 @@ def test_an_sms_over_1600_characters_with_the_opt_out_line_is_refused() -> None:
     assert "1,601 characters" in errors["message"] and "1,600" in errors["message"]
     _, errors = check_form(form(channel="EMAIL", message=fits + "x"), limits, NOW)
     assert "message" not in errors
+
+
+# Sized so that the unbounded renders of before answered fast (and wrongly): 300,000
+# characters, 22,500 loop steps. The hostile, gigabyte-sized ones are in
+# test_campaign_personalisation.py, each in a child process.
+GROWS = '{{ "x"|center(300000) }}'
+LOOPS = '{% for a in "x" * 150 %}{% for b in "x" * 150 %}{% endfor %}{% endfor %}'
+
+
+@pytest.mark.parametrize(
+    ("field", "template", "problem"),
+    [
+        ("subject", GROWS, "would grow too long when personalised "
+                           f"({GROWS} makes text of more than 200,000 characters)"),
+        ("message", f"Dear patient, {GROWS}", "would grow too long when personalised "
+                                              f"({GROWS} makes text of more than 200,000 "
+                                              "characters)"),
+        ("subject", LOOPS, "takes too much work to personalise (line 1 loops or calls more "
+                           "than 10,000 times); simplify it"),
+        ("message", "Dear patient,\n" + LOOPS, "takes too much work to personalise (line 2 "
+                                               "loops or calls more than 10,000 times)"),
+    ],
+)
+def test_a_template_that_grows_or_works_too_much_is_refused_on_its_field(
+    field: str, template: str, problem: str
+) -> None:
+    assert errors_of(**{field: template})[field].startswith(problem)
+
+
+def test_everyday_personalisation_passes_validation() -> None:
+    valid, errors = check_form(form(
+        channel="EMAIL_SMS",
+        subject="{{ first_name|default('Hello', true)|title }}, your check-up",
+        message="Dear {{ first_name|trim|capitalize }} {{ last_name|upper }},\n"
+                "{% if patient_type == 'child' %}bring your parents.{% else %}see you soon."
+                "{% endif %} {{ clinic_name|lower }}",
+    ), LIMITS, NOW)
+    assert errors == {}
+    assert valid.subject.startswith("{{ first_name")

@@ -3,6 +3,7 @@ sender. The engine (engine.py) owns claiming, rates, retries and the ledger."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from services.delivery.email_message import Attachment, CampaignMail, links_in
@@ -14,6 +15,8 @@ from services.delivery.sms_text import check_length, compose
 from services.models import DeliveryChannel, Patient
 from services.personalisation import PersonalisationError, render_text, variables_for
 from services.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe"
 ATTACHMENT_PURPOSE = "attachment"
@@ -47,6 +50,15 @@ def _failed(reason: str) -> SendResult:
     return SendResult(Outcome.FAILED, reason=reason)
 
 
+def _not_made(job: Job, exc: Exception) -> SendResult:
+    """A message that could not be made certainly was not sent: a failure, never `unknown`."""
+    if isinstance(exc, PersonalisationError):
+        return _failed(f"the message {exc}")
+    # Not the exception's own words: they may carry patient data, and reasons reach Slack.
+    log.error("delivery %s: its message could not be made", job.delivery_id, exc_info=exc)
+    return _failed(f"the message could not be made ({type(exc).__name__}; see the bot's log)")
+
+
 @dataclass
 class SmsDriver:
     """Marketing SMS: the personalised message, an attachment link, the opt-out line."""
@@ -71,8 +83,8 @@ class SmsDriver:
             return None
         try:
             text = self.text_for(job.campaign, job.patient)
-        except PersonalisationError as exc:
-            return _failed(f"the message {exc}")
+        except Exception as exc:
+            return _not_made(job, exc)
         return await self.sender.find_sent(to=job.address, body=text, since=job.attempted_at)
 
     def text_for(self, content: CampaignContent, patient: Patient) -> str:
@@ -86,8 +98,8 @@ class SmsDriver:
     async def send(self, job: Job) -> SendResult:
         try:
             text = self.text_for(job.campaign, job.patient)
-        except PersonalisationError as exc:
-            return _failed(f"the message {exc}")
+        except Exception as exc:
+            return _not_made(job, exc)
         problem = check_length(text)
         if problem:
             return _failed(problem)
@@ -162,12 +174,12 @@ class EmailDriver:
         )
 
     async def send(self, job: Job) -> SendResult:
-        mail = self.mail_for(job.campaign)
-        message_id = mail.new_message_id()
         try:
+            mail = self.mail_for(job.campaign)
+            message_id = mail.new_message_id()
             message = self.render(job, message_id)
-        except PersonalisationError as exc:
-            return _failed(f"the message {exc}")
+        except Exception as exc:
+            return _not_made(job, exc)
         return await self.sender.send(
             sender=mail.envelope_sender, recipient=job.address, message=message,
             message_id=message_id,
