@@ -11,7 +11,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot import db
-from bot.senders import links
 from bot.settings import Settings
 from services import campaigns, segments
 from services.access import Actor
@@ -160,6 +159,8 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
     actor = Actor.local_operator()
     async with db.migrated(settings.database_url) as database:
         if campaign_in.attachment is not None and settings.public_base_url:
+            from bot.senders import links  # the senders' imports are for this case only
+
             # SMS carry a link to the attachment: its length counts in the SMS check.
             campaign_in.sms_attachment_link = (await links(settings, database)).attachment(0)
         if args.segment and settings.segments_file.exists():

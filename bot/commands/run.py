@@ -8,21 +8,13 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Any
-
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_sdk.errors import SlackApiError
+from typing import TYPE_CHECKING, Any
 
 from bot import db as database
-from bot import server
-from bot.context import AppContext
-from bot.notifier import SlackNotifier
-from bot.scheduler import CampaignScheduler
-from bot.senders import build_engine
 from bot.settings import Settings
-from bot.slack_app import build_slack_app
-from services import rules, segments
-from services.tokens import load_signer
+
+if TYPE_CHECKING:
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 log = logging.getLogger("campaign_bot")
 
@@ -76,6 +68,7 @@ def describe_startup(settings: Settings) -> list[str]:
 async def _app_token_problem(handler: AsyncSocketModeHandler) -> str | None:
     """Why Slack refuses the app-level token (a configuration error), or None. Slack being
     unreachable is not one: the connection is retried once the bot runs."""
+    from slack_sdk.errors import SlackApiError
     try:
         # Kept for the first connection (Slack's URL is good for one connection).
         handler.client.wss_uri = await handler.client.issue_new_wss_url()
@@ -94,6 +87,19 @@ async def _connect(handler: AsyncSocketModeHandler) -> None:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, not at the top: Slack, the HTTP server and the chart library take most
+    # of a second to import, which every other command (`campaigns create`, …) would pay.
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    from bot import server
+    from bot.context import AppContext
+    from bot.notifier import SlackNotifier
+    from bot.scheduler import CampaignScheduler
+    from bot.senders import build_engine
+    from bot.slack_app import build_slack_app
+    from services import rules, segments
+    from services.tokens import load_signer
+
     # From the first moment: a stop request during start-up still ends in an orderly stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
