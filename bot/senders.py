@@ -5,9 +5,11 @@ from __future__ import annotations
 from bot.db import Database
 from bot.settings import Settings
 from services.delivery.channels import EmailDriver, Links, SmsDriver
+from services.delivery.config import EngineConfig
 from services.delivery.email_sender import FileEmailSender, SmtpEmailSender
-from services.delivery.engine import DeliveryEngine, EngineConfig, EventListener
-from services.delivery.sms_sender import FileSmsSender, TwilioSmsSender
+from services.delivery.engine import DeliveryEngine, EventListener
+from services.delivery.sms_outbox import FileSmsSender
+from services.delivery.sms_sender import TwilioSmsSender
 from services.models import DeliveryChannel
 from services.tokens import TokenSigner, load_signer
 

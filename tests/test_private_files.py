@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from bot.db import Database, upgrade_async
 from services.delivery.email_outbox import FileEmailSender
-from services.delivery.sms_sender import FileSmsSender
+from services.delivery.sms_outbox import FileSmsSender
 from services.patients import import_patients
 from services.private_files import ensure_private_file, private_folder
 

@@ -27,50 +27,23 @@ from datetime import datetime, timedelta
 from bot.db import Database
 from services.delivery import campaign_runs, ledger, recovery
 from services.delivery.campaign_runs import CampaignEvent
+from services.delivery.config import EngineConfig
 from services.delivery.jobs import ChannelDriver, Job, JobMaker
 from services.delivery.ledger import Outcome
 from services.delivery.outcomes import Outcome as Result
 from services.delivery.outcomes import SendResult
 from services.delivery.rate_limit import RateLimiter
-from services.delivery.retries import Outages, RetryPolicy, decide, held_back, not_attempted
+from services.delivery.retries import Outages, decide, held_back, not_attempted
 from services.delivery.writer import LedgerWriter, OptOut, WriterClosed, is_connection_error
 from services.models import (
     DeliveryChannel,
     DeliveryStatus,
     utcnow,
 )
-from services.quiet_hours import QuietHours
 
 log = logging.getLogger(__name__)
 
 READY_FLOOR = 6  # marked messages waiting for the provider, below which marks are urgent
-
-
-@dataclass
-class EngineConfig:
-    rates: dict[DeliveryChannel, float]
-    grace: timedelta = timedelta(hours=1)
-    quiet_hours: QuietHours | None = None
-    clinic_timezone: str = "UTC"
-    retry_for: timedelta = timedelta(minutes=30)  # RETRY_FOR
-    backoff_base: float = 1.0  # seconds; doubled per attempt, capped at backoff_max
-    backoff_max: float = 30.0
-    poll_interval: float = 2.0  # how often idle workers look for work from other processes
-    heartbeat_interval: float = 2.0
-    # A process whose heartbeat is this old is dead (as judged by one that has itself reached
-    # the database all that time); its claims are recovered by whoever sees it first.
-    stale_after: timedelta = timedelta(seconds=10)
-    # How long after a dead process's hand-over its request has surely ended (Twilio client:
-    # 10 s connect + 30 s read), before the provider is asked whether it took the message.
-    ask_settle: timedelta = timedelta(seconds=45)
-    max_batch: int = 100
-    # Batches per channel overlap, so the connections stay busy while one batch is being
-    # claimed; the channel's concurrency slots, shared by them, bound what is in flight.
-    batches_in_flight: int = 3
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retry_for, self.backoff_base, self.backoff_max)
 
 
 EventListener = Callable[[CampaignEvent], Awaitable[None]]

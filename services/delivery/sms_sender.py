@@ -1,4 +1,5 @@
-"""Sending one SMS: through Twilio's REST API (the official client), or into an outbox file.
+"""Sending one SMS through Twilio's REST API (the official client); sms_outbox.py writes them
+to a file instead.
 
 Each sender classifies what happened into a `SendResult` (outcomes.py); the delivery engine
 does the claiming, rate limiting (rate_limit.py), retrying and bookkeeping.
@@ -6,19 +7,13 @@ does the claiming, rate limiting (rate_limit.py), retrying and bookkeeping.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import logging
-import os
 import re
-import secrets
-import threading
 import unicodedata
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -29,7 +24,6 @@ from twilio.rest import Client
 
 from services.delivery.outcomes import ChannelGate, Outcome, SendResult
 from services.delivery.sms_text import check_length
-from services.private_files import private_folder
 
 log = logging.getLogger(__name__)
 
@@ -377,85 +371,3 @@ class TwilioSmsSender:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-class FileSmsSender:
-    """SMS_BACKEND=file: one JSON object per line in OUTBOX_DIR/sms.jsonl; nothing is sent.
-
-    Every line is written with one O_APPEND write (lines from several processes never
-    interleave) and fsync'd before `send` returns: SENT means it is on disk, as it means
-    "accepted" for Twilio. At SMS rates an fsync per message costs little.
-    """
-
-    def __init__(
-        self,
-        outbox_dir: Path | str,
-        *,
-        from_number: str | None = None,
-        messaging_service_sid: str | None = None,
-        public_base_url: str | None = None,
-    ) -> None:
-        self.path = Path(outbox_dir) / "sms.jsonl"
-        self.from_number = from_number
-        self.messaging_service_sid = messaging_service_sid
-        self.status_callback = status_callback_url(public_base_url)
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-
-    def _open(self) -> int:
-        if self._fd is None:
-            private_folder(self.path.parent)  # 0700 when created here, whatever the umask
-            # Patient phone numbers and messages: readable by the bot's user only.
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return self._fd
-
-    def _append(self, line: bytes) -> None:
-        with self._lock:
-            fd = self._open()
-            if os.write(fd, line) != len(line):
-                raise OSError(f"short write to {self.path}")
-            os.fsync(fd)
-
-    can_ask = False
-
-    async def find_sent(self, *, to: str, body: str, since: datetime) -> SendResult | None:
-        """The outbox cannot be asked (a failed write leaves `unknown`)."""
-        return SendResult(Outcome.UNKNOWN, reason="the SMS outbox cannot be asked")
-
-    async def send(self, *, to: str, body: str) -> SendResult:
-        """Append the SMS to the outbox file; SENT with an `SMfile…` id."""
-        too_long = check_length(body)
-        if too_long:
-            return SendResult(Outcome.FAILED, reason=too_long, error_code="21617")
-        sid = "SMfile" + secrets.token_hex(14)
-        record = {
-            "sid": sid, "to": to, "from": self.from_number,
-            "messaging_service_sid": self.messaging_service_sid, "body": body,
-            "status_callback": self.status_callback, "created_at": datetime.now(UTC).isoformat(),
-        }
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        try:
-            await asyncio.to_thread(self._append, line)
-        except OSError as exc:
-            if self._fd is None:  # could not even open the file: nothing will get through
-                return SendResult(Outcome.CHANNEL_DOWN, reason=f"cannot write {self.path}: {exc}")
-            return SendResult(Outcome.UNKNOWN, reason=f"writing {self.path} failed: {exc}")
-        return SendResult.sent(sid)
-
-    async def check(self) -> list[Check]:
-        """Whether the outbox file can be written."""
-        try:
-            await asyncio.to_thread(self._open)
-        except OSError as exc:
-            return [(False, f"SMS: cannot write {self.path} ({exc}); check OUTBOX_DIR")]
-        return [(True, f"SMS: file backend, messages are written to {self.path}, not sent")]
-
-    def _close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-    async def close(self) -> None:
-        """Close the outbox file."""
-        await asyncio.to_thread(self._close)

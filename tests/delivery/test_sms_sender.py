@@ -16,7 +16,8 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from services.delivery.outcomes import Outcome
-from services.delivery.sms_sender import CREDENTIALS_REJECTED, FileSmsSender, TwilioSmsSender
+from services.delivery.sms_outbox import FileSmsSender
+from services.delivery.sms_sender import CREDENTIALS_REJECTED, TwilioSmsSender
 from tests.fakes.twilio_server import FakeTwilio
 
 PATIENT = "+5215512345678"
